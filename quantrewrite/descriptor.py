@@ -23,18 +23,18 @@ import yaml
 
 __all__ = [
     "CALIB_METHODS",
-    "QuantDescriptor",
-    "QuantDescriptorError",
-    "ScaledQuantDescriptor",
-    "QUANT_DESC_8BIT_PER_TENSOR",
-    "QUANT_DESC_UNSIGNED_8BIT_PER_TENSOR",
     "QUANT_DESC_8BIT_CONV1D_WEIGHT_PER_CHANNEL",
     "QUANT_DESC_8BIT_CONV2D_WEIGHT_PER_CHANNEL",
     "QUANT_DESC_8BIT_CONV3D_WEIGHT_PER_CHANNEL",
-    "QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW",
     "QUANT_DESC_8BIT_CONVTRANSPOSE1D_WEIGHT_PER_CHANNEL",
     "QUANT_DESC_8BIT_CONVTRANSPOSE2D_WEIGHT_PER_CHANNEL",
     "QUANT_DESC_8BIT_CONVTRANSPOSE3D_WEIGHT_PER_CHANNEL",
+    "QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW",
+    "QUANT_DESC_8BIT_PER_TENSOR",
+    "QUANT_DESC_UNSIGNED_8BIT_PER_TENSOR",
+    "QuantDescriptor",
+    "QuantDescriptorError",
+    "ScaledQuantDescriptor",
 ]
 
 CALIB_METHODS = ("max", "histogram")
@@ -199,6 +199,10 @@ class QuantDescriptor:
         if resolved["learn_amax"] and resolved["axis"] is not None:
             raise QuantDescriptorError("learn_amax", True, f"cannot be combined with axis={resolved['axis']}; "
                                                            "learned clipping is per-tensor only")
+        if resolved["calib_method"] == "histogram" and resolved["axis"] is not None:
+            raise QuantDescriptorError("calib_method", "histogram", f"is per-tensor only, but axis="
+                                                                    f"{list(resolved['axis'])}; use 'max' for "
+                                                                    "per-channel quantizers")
         if resolved["num_bits"] == FP8_E4M3 and resolved["unsigned"]:
             raise QuantDescriptorError("unsigned", True, "FP8 E4M3 (num_bits (4, 3)) is always signed")
         object.__setattr__(self, "_values", resolved)
