@@ -1,0 +1,60 @@
+"""quantrewrite: fake quantization for PyTorch models, from float to a verified int8 deployment.
+
+The public verbs and types. The pytorch-quantization import paths live beside them:
+``from quantrewrite import nn as quant_nn``, ``from quantrewrite import calib``,
+``from quantrewrite.tensor_quant import QuantDescriptor``.
+"""
+
+from quantrewrite import calib, nn, tensor_quant
+from quantrewrite.api import (
+    RewriteError,
+    disable_quantizers,
+    enable_quantizers,
+    list_quantizers,
+    plan,
+    quantize_model,
+    summary,
+)
+from quantrewrite.config import QuantConfig, QuantConfigError, available_presets, load_config
+from quantrewrite.descriptor import QuantDescriptor, QuantDescriptorError
+from quantrewrite.nn import TensorQuantizer
+from quantrewrite.plan import Plan, PlanEntry
+from quantrewrite.registry import (
+    ArgSpec,
+    RegistryError,
+    register_quant_function,
+    register_quant_module,
+    unregister_quant_function,
+    unregister_quant_module,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArgSpec",
+    "Plan",
+    "PlanEntry",
+    "QuantConfig",
+    "QuantConfigError",
+    "QuantDescriptor",
+    "QuantDescriptorError",
+    "RegistryError",
+    "RewriteError",
+    "TensorQuantizer",
+    "__version__",
+    "available_presets",
+    "calib",
+    "disable_quantizers",
+    "enable_quantizers",
+    "list_quantizers",
+    "load_config",
+    "nn",
+    "plan",
+    "quantize_model",
+    "register_quant_function",
+    "register_quant_module",
+    "summary",
+    "tensor_quant",
+    "unregister_quant_function",
+    "unregister_quant_module",
+]

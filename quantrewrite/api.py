@@ -1,0 +1,150 @@
+"""The public verbs: quantize_model, plan, list_quantizers, enable/disable_quantizers, summary."""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+
+from quantrewrite.config import QuantConfig, QuantConfigError, load_config
+from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+from quantrewrite.patterns import compile_pattern, pattern_matches
+from quantrewrite.plan import Plan
+from quantrewrite.rewrite.apply import apply_plan
+from quantrewrite.rewrite.planner import RewritePlan, build_plan
+from quantrewrite.rewrite.tracer import trace_scopes
+
+__all__ = ["disable_quantizers", "enable_quantizers", "list_quantizers", "plan", "quantize_model", "summary"]
+
+logger = logging.getLogger(__name__)
+
+
+
+
+class RewriteError(RuntimeError):
+    """The model could not be rewritten (with strict=True: a scope did not trace)."""
+
+
+def _prepare(model: nn.Module, cfg: Any, concrete_args: dict[str, Any] | None, leaf_modules: Iterable,
+             strict: bool) -> RewritePlan:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    config = load_config(cfg)
+    trace = trace_scopes(model, concrete_args=concrete_args, leaf_modules=leaf_modules)
+    if trace.failed and strict:
+        lines = "\n".join(f"  {name or '<root>'}: {error}" for name, error in trace.failed.items())
+        raise RewriteError(f"strict=True and {len(trace.failed)} scope(s) did not trace:\n{lines}")
+    for name, error in trace.failed.items():
+        logger.info("scope %s did not trace, falling back to its children: %s", name or "<root>", error)
+    return build_plan(model, config, trace, strict=strict)
+
+
+def plan(model: nn.Module, cfg: Any = None, *, concrete_args: dict[str, Any] | None = None,
+         leaf_modules: Iterable[type | str] = (), strict: bool = False) -> Plan:
+    """Dry run: what ``quantize_model`` would do to every module and functional op site. Changes nothing.
+
+    Example:
+        >>> print(plan(model, "int8_default"))   # a table: name, kind, type/op, action, details
+    """
+    return _prepare(model, cfg, concrete_args, leaf_modules, strict).plan
+
+
+def quantize_model(model: nn.Module, cfg: Any = None, *, inplace: bool = False,
+                   concrete_args: dict[str, Any] | None = None, leaf_modules: Iterable[type | str] = (),
+                   strict: bool = False) -> nn.Module:
+    """Return the fake-quantized twin of ``model``.
+
+    Registered modules are swapped for their Quant classes, and registered functional ops get quantizers
+    on their tensor arguments, as the config resolves them. When the whole model does not trace with FX,
+    each child scope is traced separately (modules are swapped everywhere; functional ops are quantized
+    wherever a scope traced) and the plan lists the untraced scopes; with ``strict=True`` that, and a
+    config pattern that matches nothing, is an error instead.
+
+    Args:
+        model: the float model.
+        cfg: a preset name ("int8_default", "int8_max", "w4a8"), a YAML path, a dict or a QuantConfig;
+            None means "int8_default".
+        inplace: change ``model`` itself (its children are swapped; use the returned model, which is a
+            GraphModule when functional ops of the top level were quantized). With False (the default)
+            ``model`` is never modified, also when the call raises.
+        concrete_args: FX concrete_args for tracing the top-level forward.
+        leaf_modules: module types or qualified names FX should not trace into.
+        strict: raise on untraceable scopes and on config patterns that match nothing.
+
+    Returns:
+        The quantized model, carrying its plan as ``quant_plan``.
+
+    Example:
+        >>> qmodel = quantize_model(model, "int8_default")
+        >>> print(qmodel.quant_plan)
+    """
+    load_config(cfg)  # validate before copying anything
+    work = model if inplace else copy.deepcopy(model)
+    rp = _prepare(work, cfg, concrete_args, leaf_modules, strict)
+    result = apply_plan(work, rp)
+    result.quant_plan = rp.plan
+    return result
+
+
+def list_quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
+    """Every TensorQuantizer in ``model`` by qualified name, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, TensorQuantizer)}
+
+
+def _select(model: nn.Module, patterns: tuple[str, ...], verb: str) -> dict[str, TensorQuantizer]:
+    if not patterns:
+        raise ValueError(f"{verb}_quantizers needs at least one pattern (use '*' for all)")
+    for pattern in patterns:
+        compile_pattern(pattern)
+    quantizers = list_quantizers(model)
+    chosen = {}
+    for pattern in patterns:
+        hits = {n: q for n, q in quantizers.items() if pattern_matches(pattern, n)}
+        if not hits:
+            warnings.warn(f"{verb}_quantizers: pattern {pattern!r} matched no quantizer", UserWarning, stacklevel=3)
+        chosen.update(hits)
+    return chosen
+
+
+def disable_quantizers(model: nn.Module, *patterns: str) -> list[str]:
+    """Disable the quantizers matching any pattern; returns the names it changed (warns per empty pattern).
+
+    Patterns match a quantizer's qualified name or any enclosing module name: "fc" reaches both of fc's
+    quantizers, "layer4" everything inside layer4, "re:..." is a fullmatch regex.
+    """
+    changed = []
+    for name, quantizer in _select(model, patterns, "disable").items():
+        if quantizer.is_enabled:
+            quantizer.disable()
+            changed.append(name)
+    return changed
+
+
+def enable_quantizers(model: nn.Module, *patterns: str) -> list[str]:
+    """Enable the quantizers matching any pattern; returns the names it changed."""
+    changed = []
+    for name, quantizer in _select(model, patterns, "enable").items():
+        if not quantizer.is_enabled:
+            quantizer.enable()
+            changed.append(name)
+    return changed
+
+
+def summary(model: nn.Module) -> str:
+    """A table of every quantizer: name, state, descriptor and amax."""
+    rows = [("quantizer", "state", "descriptor / amax")]
+    for name, quantizer in list_quantizers(model).items():
+        state = "enabled" if quantizer.is_enabled else "disabled"
+        rows.append((name, state, quantizer.extra_repr()))
+    width = [max(len(r[i]) for r in rows) for i in range(2)]
+    lines = [f"{r[0].ljust(width[0])}  {r[1].ljust(width[1])}  {r[2]}" for r in rows]
+    lines.insert(1, f"{'-' * width[0]}  {'-' * width[1]}  {'-' * 17}")
+    lines.append(f"{len(rows) - 1} quantizers, {sum(q.is_enabled for q in list_quantizers(model).values())} enabled")
+    return "\n".join(lines)
+
+
+__all__ += ["QuantConfig", "QuantConfigError", "RewriteError"]

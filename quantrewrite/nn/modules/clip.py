@@ -1,0 +1,67 @@
+"""The learnable clip stage of a learn_amax quantizer (PACT style)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = ["Clip", "clip"]
+
+
+class _ClipFunction(torch.autograd.Function):
+    """y = clamp(x, lo, hi). grad_x passes where lo < x < hi; grad_lo = sum(grad where x <= lo) and
+    grad_hi = sum(grad where x >= hi)."""
+
+    @staticmethod
+    def forward(ctx, inputs, clip_min, clip_max):
+        ctx.save_for_backward(inputs, clip_min, clip_max)
+        return torch.clamp(inputs, clip_min.to(inputs.dtype), clip_max.to(inputs.dtype))
+
+    @staticmethod
+    def backward(ctx, grad):
+        inputs, clip_min, clip_max = ctx.saved_tensors
+        below = inputs <= clip_min
+        above = inputs >= clip_max
+        zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
+        grad_inputs = torch.where(below | above, zero, grad)
+        grad_min = torch.where(below, grad, zero).sum().reshape(clip_min.shape).to(clip_min.dtype)
+        grad_max = torch.where(above, grad, zero).sum().reshape(clip_max.shape).to(clip_max.dtype)
+        return grad_inputs, grad_min, grad_max
+
+
+def clip(inputs: torch.Tensor, clip_min: torch.Tensor, clip_max: torch.Tensor) -> torch.Tensor:
+    """Clamp with gradients to the two bounds (see _ClipFunction)."""
+    return _ClipFunction.apply(inputs, clip_min, clip_max)
+
+
+class Clip(nn.Module):
+    """Clamp to [clip_value_min, clip_value_max]; each bound is a learnable scalar when asked.
+
+    Args:
+        clip_value_min: initial lower bound.
+        clip_value_max: initial upper bound.
+        learn_min: make the lower bound an nn.Parameter.
+        learn_max: make the upper bound an nn.Parameter.
+    """
+
+    def __init__(self, clip_value_min: float, clip_value_max: float, learn_min: bool = False,
+                 learn_max: bool = False):
+        super().__init__()
+        if clip_value_min > clip_value_max:
+            raise ValueError(f"clip_value_min {clip_value_min} > clip_value_max {clip_value_max}")
+        low = torch.tensor(float(clip_value_min))
+        high = torch.tensor(float(clip_value_max))
+        if learn_min:
+            self.clip_value_min = nn.Parameter(low)
+        else:
+            self.register_buffer("clip_value_min", low)
+        if learn_max:
+            self.clip_value_max = nn.Parameter(high)
+        else:
+            self.register_buffer("clip_value_max", high)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return clip(inputs, self.clip_value_min, self.clip_value_max)
+
+    def extra_repr(self) -> str:
+        return f"min={self.clip_value_min.item():.4f}, max={self.clip_value_max.item():.4f}"

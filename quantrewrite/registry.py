@@ -1,0 +1,241 @@
+"""The registry: which float modules have a Quant twin, and which functional ops get quantizers.
+
+Two data tables, both extensible by users:
+
+* modules: exact float module type -> Quant class (``register_quant_module``). A Quant class must subclass
+  its float class, include ``QuantInputMixin`` or ``QuantMixin`` and define ``from_float``.
+* functions: canonical op name -> ``FunctionSpec`` (``register_quant_function``): the call targets FX may
+  show for the op (functions and operators for ``call_function`` nodes, method names for ``call_method``
+  nodes) and which arguments get a quantizer.
+
+Example (the seed document's pooling module, made the one the rewrite uses for ``nn.MaxPool2d``):
+
+    @register_quant_module(nn.MaxPool2d, override=True)
+    class MyQuantMaxPool2d(nn.MaxPool2d, QuantInputMixin):
+        ...  # __init__, forward and from_float as in the seed document
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from quantrewrite.descriptor import did_you_mean
+
+__all__ = [
+    "ArgSpec",
+    "FunctionSpec",
+    "RegistryError",
+    "function_spec",
+    "function_spec_for_target",
+    "quant_module_for",
+    "register_quant_function",
+    "register_quant_module",
+    "registered_functions",
+    "registered_modules",
+    "unregister_quant_function",
+    "unregister_quant_module",
+]
+
+
+class RegistryError(ValueError):
+    """A registration is malformed or conflicts with an existing one."""
+
+
+# ----------------------------------------------------------------------------------------------- modules
+
+_MODULES: dict[type[nn.Module], type[nn.Module]] = {}
+_DEFAULTS_LOADED = False
+
+
+def _ensure_defaults() -> None:
+    global _DEFAULTS_LOADED
+    if not _DEFAULTS_LOADED:
+        _DEFAULTS_LOADED = True
+        from quantrewrite.nn import modules  # noqa: F401  (its import registers the built-in Quant classes)
+
+
+def _check_quant_class(float_cls: type, quant_cls: type) -> None:
+    from quantrewrite.nn.modules._utils import QuantInputMixin, QuantMixin
+
+    name = quant_cls.__name__
+    if not (isinstance(quant_cls, type) and issubclass(quant_cls, float_cls)):
+        raise RegistryError(f"{name} must subclass {float_cls.__name__}: declare it as "
+                            f"`class {name}({float_cls.__name__}, QuantMixin)`")
+    if not issubclass(quant_cls, (QuantMixin, QuantInputMixin)):
+        raise RegistryError(f"{name} must include QuantMixin (input and weight quantizers) or QuantInputMixin "
+                            f"(input only) in its bases: `class {name}({float_cls.__name__}, QuantMixin)`")
+    if not callable(getattr(quant_cls, "from_float", None)):
+        raise RegistryError(f"{name} must define a classmethod from_float(module, quant_desc_input=None, "
+                            f"quant_desc_weight=None) that builds it from a {float_cls.__name__}")
+
+
+def register_quant_module(float_cls: type[nn.Module], *, override: bool = False) -> Callable[[type], type]:
+    """Class decorator: make ``quant_cls`` the Quant twin of the exact type ``float_cls``.
+
+    Checked at once: the class must subclass ``float_cls``, include a quant mixin and define ``from_float``;
+    registering a type that already has a twin needs ``override=True``.
+    """
+    if not (isinstance(float_cls, type) and issubclass(float_cls, nn.Module)):
+        raise RegistryError(f"register_quant_module expects an nn.Module subclass, got {float_cls!r}")
+
+    def decorator(quant_cls: type) -> type:
+        _ensure_defaults()
+        if float_cls in _MODULES and _MODULES[float_cls] is not quant_cls and not override:
+            raise RegistryError(f"{float_cls.__name__} is already registered to {_MODULES[float_cls].__name__}; "
+                                f"pass override=True to replace it")
+        _check_quant_class(float_cls, quant_cls)
+        _MODULES[float_cls] = quant_cls
+        return quant_cls
+
+    return decorator
+
+
+def unregister_quant_module(float_cls: type[nn.Module]) -> type[nn.Module]:
+    """Remove ``float_cls`` from the table; returns the Quant class it had."""
+    _ensure_defaults()
+    if float_cls not in _MODULES:
+        raise RegistryError(f"{getattr(float_cls, '__name__', float_cls)} is not registered")
+    return _MODULES.pop(float_cls)
+
+
+def quant_module_for(float_cls: type) -> type[nn.Module] | None:
+    """The Quant class registered for exactly this type, or None (subclasses are not matched)."""
+    _ensure_defaults()
+    return _MODULES.get(float_cls)
+
+
+def registered_modules() -> dict[str, type[nn.Module]]:
+    """Registered float class name -> float class (the names a config's ``modules`` section accepts)."""
+    _ensure_defaults()
+    return {cls.__name__: cls for cls in _MODULES}
+
+
+# --------------------------------------------------------------------------------------------- functions
+
+
+@dataclass(frozen=True)
+class ArgSpec:
+    """One quantized argument of an op: its position, its keyword name, and its role.
+
+    ``role`` is "input" or "weight". ``each`` marks a sequence argument (``torch.cat``'s tensors) whose every
+    tensor element gets its own quantizer.
+    """
+
+    position: int
+    keyword: str
+    role: str = "input"
+    each: bool = False
+
+
+@dataclass(frozen=True)
+class FunctionSpec:
+    """A functional op the rewrite can quantize.
+
+    Attributes:
+        name: canonical op name, used in configs (``functions: {add: ...}``) and quantizer names.
+        functions: targets of ``call_function`` nodes (``F.linear``, ``operator.add``, ...).
+        methods: method names of ``call_method`` nodes (``"add"`` for ``x.add(y)``).
+        args: the quantized arguments, in quantizer-naming order.
+        enabled_by_default: whether the op is quantized when the config does not mention it.
+    """
+
+    name: str
+    functions: tuple[Callable[..., Any], ...]
+    methods: tuple[str, ...]
+    args: tuple[ArgSpec, ...]
+    enabled_by_default: bool = True
+
+    @property
+    def has_weight(self) -> bool:
+        return any(a.role == "weight" for a in self.args)
+
+
+_FUNCTIONS: dict[str, FunctionSpec] = {}
+
+
+def register_quant_function(name: str, *, functions: Sequence[Callable[..., Any]] = (),
+                            methods: Sequence[str] = (), args: Sequence[ArgSpec] = (ArgSpec(0, "input"),),
+                            enabled_by_default: bool = True, override: bool = False) -> FunctionSpec:
+    """Register a functional op so the rewrite inserts quantizers before it.
+
+    Example:
+        >>> spec = register_quant_function("my_gelu", functions=[my_gelu], args=[ArgSpec(0, "input")])
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise RegistryError(f"op name must be an identifier (it becomes part of quantizer names), got {name!r}")
+    if name in _FUNCTIONS and not override:
+        raise RegistryError(f"op {name!r} is already registered; pass override=True to replace it")
+    if not functions and not methods:
+        raise RegistryError(f"op {name!r}: give at least one target in functions= or methods=")
+    if not args:
+        raise RegistryError(f"op {name!r}: give at least one ArgSpec in args=")
+    for arg in args:
+        if arg.role not in ("input", "weight"):
+            raise RegistryError(f"op {name!r}: ArgSpec role must be 'input' or 'weight', got {arg.role!r}")
+    spec = FunctionSpec(name, tuple(functions), tuple(methods), tuple(args), enabled_by_default)
+    for other in _FUNCTIONS.values():
+        if other.name == name:
+            continue
+        shared = set(other.functions) & set(spec.functions) or set(other.methods) & set(spec.methods)
+        if shared:
+            raise RegistryError(f"op {name!r}: targets {sorted(map(_target_name, shared))} already belong to "
+                                f"op {other.name!r}; unregister it first")
+    _FUNCTIONS[name] = spec
+    return spec
+
+
+def unregister_quant_function(name: str) -> FunctionSpec:
+    if name not in _FUNCTIONS:
+        raise RegistryError(f"op {name!r} is not registered{did_you_mean(name, _FUNCTIONS)}")
+    return _FUNCTIONS.pop(name)
+
+
+def function_spec(name: str) -> FunctionSpec | None:
+    return _FUNCTIONS.get(name)
+
+
+def function_spec_for_target(op: str, target: Any) -> FunctionSpec | None:
+    """The spec for an FX node's (op, target): ``call_function`` with a callable or ``call_method`` with a
+    method name; None when the op is not registered."""
+    for spec in _FUNCTIONS.values():
+        if op == "call_function" and target in spec.functions:
+            return spec
+        if op == "call_method" and target in spec.methods:
+            return spec
+    return None
+
+
+def registered_functions() -> dict[str, FunctionSpec]:
+    return dict(_FUNCTIONS)
+
+
+def _target_name(target: Any) -> str:
+    return target if isinstance(target, str) else getattr(target, "__name__", repr(target))
+
+
+# The built-in functional ops. Each row is data: name, call targets, quantized arguments.
+_INPUT = (ArgSpec(0, "input"),)
+_BINARY = (ArgSpec(0, "input"), ArgSpec(1, "other"))
+_WEIGHTED = (ArgSpec(0, "input"), ArgSpec(1, "weight", role="weight"))
+
+for _dims in (1, 2, 3):
+    register_quant_function(f"adaptive_avg_pool{_dims}d", functions=[getattr(F, f"adaptive_avg_pool{_dims}d")],
+                            args=_INPUT)
+    register_quant_function(f"avg_pool{_dims}d", functions=[getattr(F, f"avg_pool{_dims}d")], args=_INPUT)
+    register_quant_function(f"max_pool{_dims}d", functions=[getattr(F, f"max_pool{_dims}d")], args=_INPUT)
+    register_quant_function(f"conv{_dims}d", functions=[getattr(F, f"conv{_dims}d")], args=_WEIGHTED)
+register_quant_function("interpolate", functions=[F.interpolate], args=_INPUT)
+register_quant_function("linear", functions=[F.linear], args=_WEIGHTED)
+register_quant_function("matmul", functions=[torch.matmul, operator.matmul, torch.bmm],
+                        methods=["matmul", "bmm", "__matmul__"], args=(ArgSpec(0, "input"), ArgSpec(1, "other")))
+register_quant_function("add", functions=[operator.add, operator.iadd, torch.add], methods=["add", "add_"],
+                        args=_BINARY, enabled_by_default=False)
+register_quant_function("cat", functions=[torch.cat, torch.concat], args=(ArgSpec(0, "tensors", each=True),),
+                        enabled_by_default=False)

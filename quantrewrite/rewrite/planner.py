@@ -1,0 +1,248 @@
+"""Decide, without changing anything, what the rewrite does to every module and every functional op site.
+
+Naming of functional-op quantizers (so that layer-name patterns reach them):
+
+* an op site belongs to the module whose forward made the call (FX's ``nn_module_stack``), its *owner*;
+* the site is called ``<owner>.<op>`` for the first op of that kind in the owner, then ``<op>_1``,
+  ``<op>_2``, ... in graph order (``layer1.0.add``, ``layer1.0.add_1``); ops at the top level have no prefix;
+* its quantizers live on the owner module: ``<site>_input_quantizer`` for the first quantized tensor
+  argument, ``<site>_input1_quantizer``, ``<site>_input2_quantizer``, ... for the next ones (the other operand
+  of an add, every tensor of a cat), and ``<site>_weight_quantizer`` for a weight argument (F.linear/F.conv).
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+from quantrewrite import registry
+from quantrewrite.config import QuantConfig
+from quantrewrite.descriptor import QUANT_DESC_8BIT_CONV2D_WEIGHT_PER_CHANNEL, QUANT_DESC_8BIT_PER_TENSOR
+from quantrewrite.descriptor import QuantDescriptor
+from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin
+from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+from quantrewrite.plan import QUANTIZE, SKIP, Plan, PlanEntry
+from quantrewrite.rewrite.tracer import TraceResult
+
+__all__ = ["ArgSlot", "ModuleAction", "OpAction", "RewritePlan", "build_plan"]
+
+# Descriptors a functional op's quantizers start from, before the config's defaults/functions/layers.
+FUNCTION_INPUT_DEFAULT = QUANT_DESC_8BIT_PER_TENSOR
+FUNCTION_WEIGHT_DEFAULT = QUANT_DESC_8BIT_CONV2D_WEIGHT_PER_CHANNEL
+
+# FX call targets that only move shapes around: not listed in the plan.
+_PLUMBING_FUNCTIONS = (getattr, operator.getitem)
+_PLUMBING_METHODS = frozenset({"size", "dim"})
+_SCALAR_METHODS = frozenset({"size", "dim", "numel", "item", "tolist", "__len__"})
+_SCALAR_ATTRS = frozenset({"shape", "ndim", "dtype", "device", "is_cuda"})
+
+
+@dataclass
+class ModuleAction:
+    name: str
+    module: nn.Module
+    quant_cls: type
+    input: QuantDescriptor | None
+    weight: QuantDescriptor | None
+
+
+@dataclass
+class ArgSlot:
+    """Where a quantized argument sits in an FX node: ("args", i) or ("kwargs", key), plus a list index."""
+
+    location: tuple[str, Any]
+    index: int | None
+    arg: fx.Node
+    attr: str  # quantizer attribute name on the owner module
+    descriptor: QuantDescriptor
+
+
+@dataclass
+class OpAction:
+    scope: str  # the traced scope whose graph holds the node
+    owner: str  # qualified name of the owner module (absolute)
+    node: fx.Node
+    slots: list[ArgSlot]
+
+
+@dataclass
+class RewritePlan:
+    plan: Plan
+    modules: list[ModuleAction] = field(default_factory=list)
+    ops: list[OpAction] = field(default_factory=list)
+    trace: TraceResult | None = None
+
+
+def _qualify(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix and name else prefix or name
+
+
+def _quantizer_attrs(quant_cls: type) -> tuple[str, ...]:
+    paths = getattr(quant_cls, "quantizer_paths", None)
+    if paths is not None:
+        return tuple(paths)
+    return ("_input_quantizer", "_weight_quantizer") if issubclass(quant_cls, QuantMixin) else ("_input_quantizer",)
+
+
+def _class_defaults(quant_cls: type) -> tuple[QuantDescriptor | None, QuantDescriptor | None]:
+    weight = quant_cls.default_quant_desc_weight if issubclass(quant_cls, QuantMixin) else None
+    return quant_cls.default_quant_desc_input, weight
+
+
+def _disabled(cfg: QuantConfig, names: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for name in names:
+        why = cfg.disabled_by(name)
+        if why is not None:
+            out[name] = why
+    return out
+
+
+def _plan_modules(model: nn.Module, cfg: QuantConfig, rp: RewritePlan) -> None:
+    swapped: list[str] = []
+    for name, module in model.named_modules():
+        owner = next((s for s in swapped if s == "" or name.startswith(s + ".")), None)
+        type_name = type(module).__name__
+        if owner is not None:
+            if name:
+                rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP,
+                                                 f"part of {owner or '<root>'}, handled as a whole"))
+            continue
+        if isinstance(module, (QuantMixin, QuantInputMixin, TensorQuantizer)):
+            swapped.append(name)
+            what = "a quantizer" if isinstance(module, TensorQuantizer) else "already a Quant module"
+            rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, what))
+            continue
+        quant_cls = registry.quant_module_for(type(module))
+        if quant_cls is None:
+            if name:
+                kind = "container; its children are listed" if next(module.children(), None) else "no registry entry"
+                rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, kind))
+            continue
+        class_input, class_weight = _class_defaults(quant_cls)
+        res = cfg.resolve(name, "module", type_name, class_input, class_weight, default_quantize=True)
+        if not res.quantize:
+            rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, res.reason, res.rules))
+            continue
+        swapped.append(name)
+        quantizers = tuple(_qualify(name, attr) for attr in _quantizer_attrs(quant_cls))
+        rp.plan.entries.append(PlanEntry(name, "module", type_name, QUANTIZE, None, res.rules, res.input,
+                                         res.weight, quantizers, _disabled(cfg, quantizers), quant_cls.__name__))
+        rp.modules.append(ModuleAction(name, module, quant_cls, res.input, res.weight))
+
+
+def _is_scalar(node: Any, cache: dict[fx.Node, bool]) -> bool:
+    """Best-effort: does this FX value hold a Python number (shape arithmetic) rather than a tensor?"""
+    if not isinstance(node, fx.Node):
+        return not isinstance(node, (list, tuple))
+    if node in cache:
+        return cache[node]
+    result = False
+    if node.op == "call_method" and node.target in _SCALAR_METHODS:
+        result = True
+    elif node.op == "call_function" and node.target is getattr:
+        result = len(node.args) > 1 and node.args[1] in _SCALAR_ATTRS
+    elif node.op == "call_function" and getattr(node.target, "__module__", None) in ("_operator", "math", "builtins"):
+        inputs = [a for a in node.args if isinstance(a, fx.Node)]
+        result = bool(inputs) and all(_is_scalar(a, cache) for a in inputs)
+    cache[node] = result
+    return result
+
+
+def _arg_slots(node: fx.Node, spec: registry.FunctionSpec, cache: dict) -> list[tuple[registry.ArgSpec, tuple, int | None, fx.Node]]:
+    found = []
+    for arg in spec.args:
+        if len(node.args) > arg.position:
+            location, value = ("args", arg.position), node.args[arg.position]
+        elif arg.keyword in node.kwargs:
+            location, value = ("kwargs", arg.keyword), node.kwargs[arg.keyword]
+        else:
+            continue
+        if arg.each and isinstance(value, (list, tuple)):
+            found.extend((arg, location, i, v) for i, v in enumerate(value)
+                         if isinstance(v, fx.Node) and not _is_scalar(v, cache))
+        elif isinstance(value, fx.Node) and not _is_scalar(value, cache):
+            found.append((arg, location, None, value))
+    return found
+
+
+def _owner(node: fx.Node, scope: str) -> str:
+    stack = node.meta.get("nn_module_stack")
+    inner = next(reversed(stack)) if stack else ""
+    return _qualify(scope, inner)
+
+
+def _target_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target)).strip("_") or "op"
+
+
+def _plan_ops(cfg: QuantConfig, rp: RewritePlan, model: nn.Module) -> None:
+    for scope in rp.trace.traced:
+        counters: dict[tuple[str, str], int] = {}
+        scalar_cache: dict[fx.Node, bool] = {}
+        for node in scope.graph.nodes:
+            if node.op not in ("call_function", "call_method"):
+                continue
+            if node.target in _PLUMBING_FUNCTIONS or (node.op == "call_method" and node.target in _PLUMBING_METHODS):
+                continue
+            spec = registry.function_spec_for_target(node.op, node.target)
+            owner = _owner(node, scope.name)
+            op_name = spec.name if spec is not None else _target_name(node)
+            count = counters.get((owner, op_name), 0)
+            counters[(owner, op_name)] = count + 1
+            site = _qualify(owner, op_name if count == 0 else f"{op_name}_{count}")
+            if spec is None:
+                rp.plan.entries.append(PlanEntry(site, "function", op_name, SKIP, "op not registered"))
+                continue
+            class_weight = FUNCTION_WEIGHT_DEFAULT if spec.has_weight else None
+            res = cfg.resolve(site, "function", spec.name, FUNCTION_INPUT_DEFAULT, class_weight,
+                              default_quantize=spec.enabled_by_default)
+            if not res.quantize:
+                rp.plan.entries.append(PlanEntry(site, "function", op_name, SKIP, res.reason, res.rules))
+                continue
+            slots = _named_slots(site, owner, node, spec, res, scalar_cache)
+            if not slots:
+                rp.plan.entries.append(PlanEntry(site, "function", op_name, SKIP, "no tensor operands", res.rules))
+                continue
+            quantizers = tuple(_qualify(owner, s.attr) for s in slots)
+            rp.plan.entries.append(PlanEntry(site, "function", op_name, QUANTIZE, None, res.rules,
+                                             res.input, res.weight, quantizers, _disabled(cfg, quantizers)))
+            rp.ops.append(OpAction(scope.name, owner, node, slots))
+
+
+def _named_slots(site: str, owner: str, node: fx.Node, spec: registry.FunctionSpec, res: Any,
+                 cache: dict) -> list[ArgSlot]:
+    leaf = site.rsplit(".", 1)[-1]
+    slots, inputs = [], 0
+    for arg, location, index, value in _arg_slots(node, spec, cache):
+        if arg.role == "weight":
+            attr, desc = f"{leaf}_weight_quantizer", res.weight
+        else:
+            attr = f"{leaf}_input_quantizer" if inputs == 0 else f"{leaf}_input{inputs}_quantizer"
+            desc, inputs = res.input, inputs + 1
+        slots.append(ArgSlot(location, index, value, attr, desc))
+    return slots
+
+
+def _plan_scopes(model: nn.Module, rp: RewritePlan) -> None:
+    for name, error in rp.trace.failed.items():
+        target = type(model.get_submodule(name)).__name__
+        reason = (f"not traced ({error}); functional ops inside stay float, modules inside are still swapped")
+        rp.plan.entries.append(PlanEntry(name, "scope", target, SKIP, reason))
+
+
+def build_plan(model: nn.Module, cfg: QuantConfig, trace: TraceResult, *, strict: bool = False) -> RewritePlan:
+    """Resolve every module and op site of ``model`` against ``cfg``. Changes nothing."""
+    rp = RewritePlan(Plan([], cfg.source, dict(trace.failed)), trace=trace)
+    _plan_scopes(model, rp)
+    _plan_modules(model, cfg, rp)
+    _plan_ops(cfg, rp, model)
+    names = [e.name for e in rp.plan.entries if e.kind != "scope"]
+    rp.plan.warnings.extend(cfg.check_unmatched(names, rp.plan.quantizer_names(), strict=strict))
+    return rp

@@ -1,0 +1,106 @@
+"""Tracing for the rewrite: a tracer that keeps Quant modules and quantizers whole, and a fallback that
+traces each scope separately when the whole model does not trace.
+
+``trace_scopes(model)`` returns the traced scopes (disjoint subtrees, each with its FX graph) and the
+untraced ones with the tracer's error. The whole model is tried first; when that fails each child is
+tried, recursing into the children that fail, so a single untraceable ``if x.sum() > 0:`` costs only the
+functional ops of the module that holds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch.fx as fx
+from torch import nn
+
+from quantrewrite import registry
+from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin
+from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+
+__all__ = ["QuantTracer", "TraceResult", "TracedScope", "trace_scopes"]
+
+
+class QuantTracer(fx.Tracer):
+    """An FX tracer whose leaves are torch.nn modules (FX's default), Quant modules, quantizers, every
+    registered float type, and the user's extra leaf modules (types or qualified names)."""
+
+    def __init__(self, leaf_modules: Iterable[type | str] = (), prefix: str = ""):
+        super().__init__()
+        self._prefix = prefix
+        leaves = tuple(leaf_modules)
+        self._leaf_types = tuple(t for t in leaves if isinstance(t, type))
+        self._leaf_names = frozenset(n for n in leaves if isinstance(n, str))
+
+    def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
+        if isinstance(module, (QuantMixin, QuantInputMixin, TensorQuantizer)):
+            return True
+        if self._leaf_types and isinstance(module, self._leaf_types):
+            return True
+        if self._leaf_names and _qualify(self._prefix, qualified_name) in self._leaf_names:
+            return True
+        if registry.quant_module_for(type(module)) is not None:
+            return True
+        return super().is_leaf_module(module, qualified_name)
+
+
+@dataclass
+class TracedScope:
+    """A module whose forward traced: ``name`` is its qualified name ("" for the whole model)."""
+
+    name: str
+    module: nn.Module
+    graph: fx.Graph
+
+
+@dataclass
+class TraceResult:
+    traced: list[TracedScope] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # scope name -> the tracer's error
+
+    def scope_of(self, module_name: str) -> str | None:
+        """The traced scope that contains ``module_name``, or None when it lies in untraced code only."""
+        best = None
+        for scope in self.traced:
+            if scope.name == "" or module_name == scope.name or module_name.startswith(scope.name + "."):
+                if best is None or len(scope.name) > len(best):
+                    best = scope.name
+        return best
+
+
+def _error_text(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(error).__name__}: {first}"[:300]
+
+
+def _qualify(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
+def trace_scopes(model: nn.Module, *, concrete_args: dict[str, Any] | None = None,
+                 leaf_modules: Iterable[type | str] = ()) -> TraceResult:
+    """Trace ``model``; where that fails, trace its children separately, recursively.
+
+    Leaf modules (see QuantTracer) are never traced on their own: they need no graph to be swapped.
+    """
+    leaf_modules = tuple(leaf_modules)
+    result = TraceResult()
+
+    def visit(module: nn.Module, name: str, args: dict[str, Any] | None) -> None:
+        tracer = QuantTracer(leaf_modules, prefix=name)
+        try:
+            graph = tracer.trace(module, concrete_args=args)
+        except Exception as error:  # noqa: BLE001 - any tracing failure means: fall back to the children
+            result.failed[name] = _error_text(error)
+            for child_name, child in module.named_children():
+                qualified = _qualify(name, child_name)
+                if not QuantTracer(leaf_modules).is_leaf_module(child, qualified):  # names are absolute here
+                    visit(child, qualified, None)
+            return
+        result.traced.append(TracedScope(name, module, graph))
+
+    visit(model, "", concrete_args)
+    return result
