@@ -24,6 +24,7 @@ from quantrewrite.nn.modules import (
     QuantMaxPool2d,
     QuantMaxPool3d,
     QuantMixin,
+    QuantMultiheadAttention,
     TensorQuantizer,
     pop_quant_desc_in_kwargs,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "QuantMaxPool2d",
     "QuantMaxPool3d",
     "QuantMixin",
+    "QuantMultiheadAttention",
     "TensorQuantizer",
     "pop_quant_desc_in_kwargs",
 ]

@@ -123,6 +123,11 @@ def _plan_modules(model: nn.Module, cfg: QuantConfig, rp: RewritePlan) -> None:
                 kind = "container; its children are listed" if next(module.children(), None) else "no registry entry"
                 rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, kind))
             continue
+        unsupported = getattr(quant_cls, "unsupported", None)
+        why_not = unsupported(module) if unsupported is not None else None
+        if why_not:
+            rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, f"{quant_cls.__name__}: {why_not}"))
+            continue
         class_input, class_weight = _class_defaults(quant_cls)
         res = cfg.resolve(name, "module", type_name, class_input, class_weight, default_quantize=True)
         if not res.quantize:

@@ -80,6 +80,20 @@ def _qualify(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix else name
 
 
+def _none_default_used_as_tensor(graph: fx.Graph) -> str | None:
+    """The first placeholder that defaults to None yet feeds a traced op (not just a leaf module).
+
+    FX traces every argument as a tensor proxy, so ``if mask is not None: x = x + mask`` records the add;
+    calling the traced graph without ``mask`` would then fail. Such a scope is treated as untraced.
+    """
+    for node in graph.nodes:
+        if node.op != "placeholder" or node.args != (None,):
+            continue
+        if any(user.op not in ("call_module", "output") for user in node.users):
+            return str(node.target)
+    return None
+
+
 def trace_scopes(model: nn.Module, *, concrete_args: dict[str, Any] | None = None,
                  leaf_modules: Iterable[type | str] = ()) -> TraceResult:
     """Trace ``model``; where that fails, trace its children separately, recursively.
@@ -95,12 +109,21 @@ def trace_scopes(model: nn.Module, *, concrete_args: dict[str, Any] | None = Non
             graph = tracer.trace(module, concrete_args=args)
         except Exception as error:  # noqa: BLE001 - any tracing failure means: fall back to the children
             result.failed[name] = _error_text(error)
-            for child_name, child in module.named_children():
-                qualified = _qualify(name, child_name)
-                if not QuantTracer(leaf_modules).is_leaf_module(child, qualified):  # names are absolute here
-                    visit(child, qualified, None)
+            recurse(module, name)
+            return
+        unsafe = _none_default_used_as_tensor(graph)
+        if unsafe is not None:
+            result.failed[name] = (f"parameter {unsafe!r} defaults to None, but the traced graph computes with it; "
+                                   f"pass concrete_args={{{unsafe!r}: None}} (top level) to trace calls without it")
+            recurse(module, name)
             return
         result.traced.append(TracedScope(name, module, graph))
+
+    def recurse(module: nn.Module, name: str) -> None:
+        for child_name, child in module.named_children():
+            qualified = _qualify(name, child_name)
+            if not QuantTracer(leaf_modules).is_leaf_module(child, qualified):  # names are absolute here
+                visit(child, qualified, None)
 
     visit(model, "", concrete_args)
     return result

@@ -1,6 +1,7 @@
 """Quant module families. Importing this package registers every built-in Quant class in the registry."""
 
 from quantrewrite.nn.modules.clip import Clip
+from quantrewrite.nn.modules.quant_attention import QuantMultiheadAttention
 from quantrewrite.nn.modules.quant_conv import (
     QuantConv1d,
     QuantConv2d,
@@ -49,6 +50,7 @@ __all__ = [
     "QuantMaxPool2d",
     "QuantMaxPool3d",
     "QuantMixin",
+    "QuantMultiheadAttention",
     "TensorQuantizer",
     "pop_quant_desc_in_kwargs",
 ]
