@@ -103,9 +103,9 @@ def _disabled(cfg: QuantConfig, names: tuple[str, ...]) -> dict[str, str]:
 
 
 def _plan_modules(model: nn.Module, cfg: QuantConfig, rp: RewritePlan) -> None:
-    swapped: list[str] = []
+    swapped: set[str] = set()  # modules handled as a whole: their descendants are not planned separately
     for name, module in model.named_modules():
-        owner = next((s for s in swapped if s == "" or name.startswith(s + ".")), None)
+        owner = _enclosing(name, swapped)
         type_name = type(module).__name__
         if owner is not None:
             if name:
@@ -113,7 +113,7 @@ def _plan_modules(model: nn.Module, cfg: QuantConfig, rp: RewritePlan) -> None:
                                                  f"part of {owner or '<root>'}, handled as a whole"))
             continue
         if isinstance(module, (QuantMixin, QuantInputMixin, TensorQuantizer)):
-            swapped.append(name)
+            swapped.add(name)
             what = "a quantizer" if isinstance(module, TensorQuantizer) else "already a Quant module"
             rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, what))
             continue
@@ -133,11 +133,25 @@ def _plan_modules(model: nn.Module, cfg: QuantConfig, rp: RewritePlan) -> None:
         if not res.quantize:
             rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, res.reason, res.rules))
             continue
-        swapped.append(name)
+        swapped.add(name)
         quantizers = tuple(_qualify(name, attr) for attr in _quantizer_attrs(quant_cls))
         rp.plan.entries.append(PlanEntry(name, "module", type_name, QUANTIZE, None, res.rules, res.input,
                                          res.weight, quantizers, _disabled(cfg, quantizers), quant_cls.__name__))
         rp.modules.append(ModuleAction(name, module, quant_cls, res.input, res.weight))
+
+
+def _enclosing(name: str, scopes: set[str]) -> str | None:
+    """The outermost member of ``scopes`` that strictly encloses ``name`` ("" encloses everything)."""
+    if not scopes:
+        return None
+    if "" in scopes and name:
+        return ""
+    prefix = ""
+    for part in name.split(".")[:-1]:
+        prefix = f"{prefix}.{part}" if prefix else part
+        if prefix in scopes:
+            return prefix
+    return None
 
 
 def _is_scalar(node: Any, cache: dict[fx.Node, bool]) -> bool:
