@@ -4,16 +4,18 @@ The formula (per element; ``amax`` broadcasts, e.g. shape [C, 1, 1, 1] for per-c
 
     max_bound = 2^(num_bits - 1 + unsigned) - 1
     min_bound = 0 if unsigned else (-max_bound if narrow_range else -max_bound - 1)
-    scale     = max_bound / amax                  (float32; 0 where amax <= 2^-24)
+    scale     = max_bound / amax                  (float32, correctly rounded; 0 where amax <= 2^-24)
     q         = clamp(round_half_to_even(x * scale), min_bound, max_bound)
-    fake      = q / scale                         (0 where scale == 0)
+    fake      = q / scale                         (0 where scale == 0, whatever x is)
 
 fp16/bf16 inputs are computed in float32 and returned in their own dtype. The backward pass is the
-straight-through estimator: the gradient passes where |x| <= amax (inclusive) and is 0 elsewhere.
+straight-through estimator: the gradient passes where |x| <= amax (inclusive, compared in float32) and is 0
+elsewhere; amax gets no gradient.
 
 On CPU float32 a fused numba kernel does the whole formula in one memory pass with the same float32
-operations, so its results are bit-identical to the eager torch path used elsewhere (CUDA, other dtypes,
-or ``QUANTREWRITE_EAGER=1``).
+operations, so its results are bit-identical to the eager torch path used elsewhere (CUDA, or
+``QUANTREWRITE_EAGER=1``). Everything derived from amax (validation, the scale) is gathered in a
+``QuantGrid`` that a caller with a fixed amax (TensorQuantizer) prepares once and reuses.
 
 Example:
     >>> x = torch.tensor([-8.5, -7.5, -2.5, -0.5, 0.5, 1.5, 2.5])
@@ -23,6 +25,9 @@ Example:
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
+import numpy as np
 import torch
 
 from quantrewrite import _kernels
@@ -45,11 +50,14 @@ __all__ = [
     "AMAX_EPSILON",
     "FP8_E4M3_MAX",
     "QuantDescriptor",
-    "ScaledQuantDescriptor",
     "QuantDescriptorError",
+    "QuantGrid",
+    "ScaledQuantDescriptor",
     "fake_e4m3_quant",
     "fake_tensor_quant",
+    "prepare_grid",
     "quant_bounds",
+    "quantize_with_grid",
     "tensor_quant",
 ]
 
@@ -58,9 +66,12 @@ FP8_E4M3_MAX = 448.0
 
 
 def quant_bounds(num_bits: int, unsigned: bool = False, narrow_range: bool = True) -> tuple[float, float]:
-    """Return (min_bound, max_bound) of the integer grid, e.g. (-128, 127) for 8-bit full range."""
-    max_bound = float(2 ** (num_bits - 1 + int(unsigned)) - 1)
-    if unsigned:
+    """Return (min_bound, max_bound) of the integer grid, e.g. (-128, 127) for 8-bit full range.
+
+    num_bits 0 (and signed 1-bit) is degenerate: max_bound is 0, so the scale is 0 and everything becomes 0.
+    """
+    max_bound = float(max(2 ** (num_bits - 1 + int(unsigned)) - 1, 0))
+    if unsigned or max_bound == 0:
         min_bound = 0.0
     elif narrow_range:
         min_bound = -max_bound
@@ -69,163 +80,235 @@ def quant_bounds(num_bits: int, unsigned: bool = False, narrow_range: bool = Tru
     return min_bound, max_bound
 
 
-def _amax_tensor(amax: torch.Tensor | float, inputs: torch.Tensor) -> torch.Tensor:
-    amax = torch.as_tensor(amax, device=inputs.device).detach().float()
+class QuantGrid(NamedTuple):
+    """Everything derived from one amax and the bit settings; valid for as long as amax is unchanged.
+
+    Build it with ``prepare_grid``; ``quantize_with_grid`` applies it. ``fp8`` grids round through
+    torch.float8_e4m3fn instead of the integer grid (``min_bound``/``max_bound`` are then ±448).
+    """
+
+    amax: torch.Tensor  # float32, validated (finite, >= 0), detached
+    scale: torch.Tensor  # float32 max_bound / amax, 0 where amax <= 2^-24
+    min_bound: float
+    max_bound: float
+    unsigned: bool
+    fp8: bool
+    any_zero: bool  # some scale is 0 (amax <= 2^-24, or a degenerate grid): those elements become 0
+    scale_host: np.ndarray | None  # flat float32 copies for the CPU kernels (None off-CPU)
+    amax_host: np.ndarray | None
+
+
+def _validated_amax(amax: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    amax = torch.as_tensor(amax, device=device).detach().float()
     if amax.numel() == 0:
         raise ValueError("amax is empty")
-    if torch.any(amax < 0):
-        raise ValueError(f"amax must be >= 0, got min {amax.min().item():g}")
-    try:
-        torch.broadcast_shapes(amax.shape, inputs.shape)
-    except RuntimeError:
-        raise ValueError(f"amax of shape {list(amax.shape)} does not broadcast to input of shape "
-                         f"{list(inputs.shape)}") from None
+    if not bool((amax >= 0).all()):  # one reduction: catches negatives and NaN
+        bad = amax[~(amax >= 0)].reshape(-1)[0].item()
+        raise ValueError(f"amax must be >= 0 (and not NaN), got {bad:g}")
     return amax
 
 
-def _scale(amax: torch.Tensor, numerator: float) -> torch.Tensor:
-    """numerator / amax in float32, with 0 where amax <= 2^-24 (those elements quantize to 0)."""
-    scale = numerator / amax
+def _scale(amax: torch.Tensor, numerator: float) -> tuple[torch.Tensor, bool]:
+    """numerator / amax in float32 (a true division: ``float / tensor`` in torch multiplies by the reciprocal,
+    which is 1 ulp off for a quarter of the values), with 0 where amax <= 2^-24. Also says whether any scale
+    is 0."""
+    if numerator == 0:
+        return torch.zeros_like(amax), True
+    scale = torch.full_like(amax, numerator).div_(amax)
     tiny = amax <= AMAX_EPSILON
-    if torch.any(tiny):
-        scale = torch.where(tiny, torch.zeros_like(scale), scale)
-    return scale
+    any_zero = bool(tiny.any())
+    if any_zero:
+        scale = scale.masked_fill_(tiny, 0.0)
+    return scale, any_zero
 
 
-def _channel_view(shape: torch.Size, amax_shape: torch.Size) -> tuple[int, int, int] | None:
+def prepare_grid(amax: torch.Tensor | float, num_bits: int | tuple[int, int] = 8, unsigned: bool = False,
+                 narrow_range: bool = True, device: torch.device | str | None = None) -> QuantGrid:
+    """Validate amax and derive the scale once, for repeated ``quantize_with_grid`` calls.
+
+    Args:
+        amax: the range; a number or a tensor that broadcasts against the inputs (e.g. [C, 1, 1, 1]).
+        num_bits: int >= 0, or (4, 3) for FP8 E4M3.
+        unsigned: quantize to [0, 2^b - 1] (negative inputs are then an error).
+        narrow_range: signed range [-(2^(b-1) - 1), 2^(b-1) - 1] instead of [-2^(b-1), 2^(b-1) - 1].
+        device: where the inputs will be (default: amax's device, or CPU for a number).
+
+    Raises:
+        ValueError: for a negative or NaN amax, an empty amax, or a bad num_bits.
+    """
+    fp8 = isinstance(num_bits, (tuple, list)) and tuple(num_bits) == (4, 3)
+    if not fp8 and (isinstance(num_bits, bool) or not isinstance(num_bits, int) or num_bits < 0):
+        raise ValueError(f"num_bits: expected an int >= 0 or (4, 3), got {num_bits!r}")
+    if fp8 and unsigned:
+        raise ValueError("FP8 E4M3 quantization is always signed")
+    if device is None:
+        device = amax.device if isinstance(amax, torch.Tensor) else torch.device("cpu")
+    amax = _validated_amax(amax, torch.device(device))
+    if fp8:
+        min_bound, max_bound = -FP8_E4M3_MAX, FP8_E4M3_MAX
+    else:
+        min_bound, max_bound = quant_bounds(num_bits, unsigned, narrow_range)
+    scale, any_zero = _scale(amax, max_bound)
+    scale_host = amax_host = None
+    if amax.device.type == "cpu":
+        scale_host = scale.reshape(-1).numpy()
+        amax_host = amax.reshape(-1).contiguous().numpy()
+    return QuantGrid(amax, scale, min_bound, max_bound, unsigned, fp8, any_zero, scale_host, amax_host)
+
+
+def _padded_shape(inputs: torch.Tensor, amax: torch.Tensor) -> tuple[int, ...]:
+    """amax's shape aligned to the input's dims; ValueError unless it broadcasts without growing the input."""
+    shape, amax_shape = tuple(inputs.shape), tuple(amax.shape)
+    extra = len(amax_shape) - len(shape)
+    if extra > 0 and all(size == 1 for size in amax_shape[:extra]):
+        amax_shape, extra = amax_shape[extra:], 0
+    if extra > 0 or any(a not in (1, s) for a, s in zip(amax_shape[::-1], shape[::-1])):
+        raise ValueError(f"amax of shape {list(amax.shape)} does not broadcast to input of shape {list(shape)}")
+    return (1,) * (len(shape) - len(amax_shape)) + amax_shape
+
+
+def _channel_view(shape: tuple[int, ...], padded: tuple[int, ...]) -> tuple[int, int, int] | None:
     """(outer, channels, inner) when amax varies along one contiguous block of dims, else None."""
-    ndim = len(shape)
-    padded = (1,) * (ndim - len(amax_shape)) + tuple(amax_shape)
     varying = [d for d, size in enumerate(padded) if size != 1]
     if not varying:
-        return (1, 1, max(1, shape.numel()))
+        numel = 1
+        for size in shape:
+            numel *= size
+        return (1, 1, numel)
     first, last = varying[0], varying[-1]
     if any(padded[d] != shape[d] for d in range(first, last + 1)):
-        return None
-    outer = shape[:first].numel()
-    channels = shape[first:last + 1].numel()
-    inner = shape[last + 1:].numel()
+        return None  # e.g. axis (0, 2) of a 4-D tensor: the eager path handles it
+    outer = channels = inner = 1
+    for d, size in enumerate(shape):
+        if d < first:
+            outer *= size
+        elif d <= last:
+            channels *= size
+        else:
+            inner *= size
     return outer, channels, inner
 
 
-def _use_kernel(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.numel() > 0 and _kernels.fused_kernels_available()
+def _negative_input_error(inputs: torch.Tensor) -> ValueError:
+    return ValueError("negative values encountered in unsigned quantization "
+                      f"(min {inputs.min().item():g}); use a signed quantizer for this tensor")
 
 
-def _check_unsigned_input(inputs: torch.Tensor, unsigned: bool) -> None:
-    if unsigned and inputs.numel() > 0 and inputs.min() < 0:
-        raise ValueError("negative values encountered in unsigned quantization "
-                         f"(min {inputs.min().item():g}); use a signed quantizer for this tensor")
+def _amax_like(grid: QuantGrid, padded: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """amax and scale reshaped to the input's rank (a 1-dim amax may carry leading 1-dims)."""
+    if tuple(grid.amax.shape) == padded:
+        return grid.amax, grid.scale
+    return grid.amax.reshape(padded), grid.scale.reshape(padded)
 
 
-def _grid(inputs: torch.Tensor, amax: torch.Tensor, num_bits: int, unsigned: bool, narrow_range: bool,
-          fake: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Shared body of tensor_quant and fake_tensor_quant: returns (output in input dtype, scale)."""
-    _check_unsigned_input(inputs, unsigned)
-    min_bound, max_bound = quant_bounds(num_bits, unsigned, narrow_range)
-    scale = _scale(amax, max_bound)
+def _forward_eager(inputs: torch.Tensor, grid: QuantGrid, padded: tuple[int, ...], fake: bool) -> torch.Tensor:
+    """The reference formula in torch ops (any device, any dtype); defines the numbers."""
+    if grid.unsigned and inputs.numel() > 0 and bool((inputs < 0).any()):
+        raise _negative_input_error(inputs)
+    _, scale = _amax_like(grid, padded)
     x32 = inputs.float()
-    view = _channel_view(x32.shape, scale.shape) if _use_kernel(x32) else None
-    if view is not None:
-        x32 = x32.contiguous()
-        out = torch.empty_like(x32)
-        kernel = _kernels.fake_quant_into if fake else _kernels.quant_into
-        kernel(x32.numpy().reshape(view), out.numpy().reshape(view), scale.reshape(-1).contiguous().numpy(),
-               min_bound, max_bound)
+    if grid.fp8:
+        out = torch.clamp(x32 * scale, grid.min_bound, grid.max_bound).to(torch.float8_e4m3fn).float()
     else:
-        out = torch.clamp(torch.round(x32 * scale), min_bound, max_bound)
-        if fake:
-            out = out / torch.where(scale == 0, torch.ones_like(scale), scale)
-    return out.to(inputs.dtype), scale
+        out = torch.clamp(torch.round(x32 * scale), grid.min_bound, grid.max_bound)
+    if fake:
+        out = out / torch.where(scale == 0, torch.ones_like(scale), scale)
+    if grid.any_zero:
+        out = torch.where(scale == 0, torch.zeros((), dtype=out.dtype, device=out.device), out)
+    return out.to(inputs.dtype)
 
 
-def _ste_grad(inputs: torch.Tensor, amax: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-    """grad where |inputs| <= amax (inclusive), 0 elsewhere."""
-    if inputs.dtype == torch.float32 and grad.dtype == torch.float32 and _use_kernel(inputs):
-        view = _channel_view(inputs.shape, amax.shape)
+def _forward(inputs: torch.Tensor, grid: QuantGrid, padded: tuple[int, ...], fake: bool) -> torch.Tensor:
+    """Fused kernel where it applies (CPU, an amax laid out as one block of dims), else eager."""
+    if (grid.fp8 or grid.scale_host is None or inputs.device.type != "cpu" or inputs.numel() == 0
+            or not _kernels.fused_kernels_available()):
+        return _forward_eager(inputs, grid, padded, fake)
+    view = _channel_view(tuple(inputs.shape), padded)
+    if view is None:
+        return _forward_eager(inputs, grid, padded, fake)
+    x32 = inputs.detach().float().contiguous()
+    out = torch.empty_like(x32)
+    kernel = _kernels.fake_quant_into if fake else _kernels.quant_into
+    negatives = kernel(x32.numpy().reshape(view), out.numpy().reshape(view), grid.scale_host, grid.min_bound,
+                       grid.max_bound)
+    if grid.unsigned and negatives:
+        raise _negative_input_error(inputs)
+    return out if inputs.dtype == torch.float32 else out.to(inputs.dtype)
+
+
+def _ste_grad(inputs: torch.Tensor, grid: QuantGrid, padded: tuple[int, ...], grad: torch.Tensor) -> torch.Tensor:
+    """grad where |inputs| <= amax (inclusive, in float32), 0 elsewhere."""
+    if (inputs.dtype == torch.float32 and grad.dtype == torch.float32 and grid.amax_host is not None
+            and inputs.device.type == "cpu" and inputs.numel() > 0 and _kernels.fused_kernels_available()):
+        view = _channel_view(tuple(inputs.shape), padded)
         if view is not None:
             x = inputs.contiguous()
             g = grad.contiguous()
-            out = torch.empty_like(g)
+            out = torch.empty_like(x)
             _kernels.ste_grad_into(x.numpy().reshape(view), g.numpy().reshape(view), out.numpy().reshape(view),
-                                   amax.reshape(-1).contiguous().numpy())
+                                   grid.amax_host)
             return out
-    return torch.where(inputs.abs() <= amax, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
+    amax, _ = _amax_like(grid, padded)
+    inside = inputs.float().abs() <= amax
+    return torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
 
-class _FakeTensorQuantFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, inputs, amax, num_bits, unsigned, narrow_range):
-        ctx.save_for_backward(inputs, amax)
-        out, _ = _grid(inputs.detach(), amax, num_bits, unsigned, narrow_range, fake=True)
-        return out
+class _QuantFunction(torch.autograd.Function):
+    """Quantize (fake or real) with a straight-through gradient; no gradient to amax."""
 
     @staticmethod
-    def backward(ctx, grad):
-        inputs, amax = ctx.saved_tensors
-        return _ste_grad(inputs.detach(), amax, grad), None, None, None, None
-
-
-class _TensorQuantFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, inputs, amax, num_bits, unsigned, narrow_range):
-        ctx.save_for_backward(inputs, amax)
-        q, scale = _grid(inputs.detach(), amax, num_bits, unsigned, narrow_range, fake=False)
-        ctx.mark_non_differentiable(scale)
-        return q, scale
-
-    @staticmethod
-    def backward(ctx, grad, grad_scale):
-        inputs, amax = ctx.saved_tensors
-        return _ste_grad(inputs.detach(), amax, grad), None, None, None, None
-
-
-class _FakeE4M3Function(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, inputs, amax):
-        ctx.save_for_backward(inputs, amax)
-        scale = _scale(amax, FP8_E4M3_MAX)
-        x32 = inputs.detach().float() * scale
-        y = torch.clamp(x32, -FP8_E4M3_MAX, FP8_E4M3_MAX).to(torch.float8_e4m3fn).float()
-        y = y / torch.where(scale == 0, torch.ones_like(scale), scale)
-        return y.to(inputs.dtype)
+    def forward(ctx, inputs, grid, padded, fake):
+        ctx.save_for_backward(inputs)  # saved as is: no copy
+        ctx.grid, ctx.padded = grid, padded
+        return _forward(inputs, grid, padded, fake)  # the integers of tensor_quant carry the STE gradient too
 
     @staticmethod
     def backward(ctx, grad):
-        inputs, amax = ctx.saved_tensors
-        return _ste_grad(inputs.detach(), amax, grad), None
+        (inputs,) = ctx.saved_tensors
+        return _ste_grad(inputs.detach(), ctx.grid, ctx.padded, grad), None, None, None
 
 
-def _check_num_bits(num_bits: int) -> None:
-    if isinstance(num_bits, bool) or not isinstance(num_bits, int) or num_bits < 0:
-        raise ValueError(f"num_bits: expected an int >= 0, got {num_bits!r}")
+def quantize_with_grid(inputs: torch.Tensor, grid: QuantGrid, fake: bool = True) -> torch.Tensor:
+    """Apply a prepared grid: fake quantization (or the integer grid when ``fake`` is False, or the FP8 value
+    grid for an FP8 grid), with the straight-through gradient when autograd needs one."""
+    padded = _padded_shape(inputs, grid.amax)
+    if inputs.requires_grad and torch.is_grad_enabled():
+        return _QuantFunction.apply(inputs, grid, padded, fake)
+    return _forward(inputs, grid, padded, fake)
 
 
-def tensor_quant(inputs: torch.Tensor, amax: torch.Tensor | float, num_bits: int = 8, unsigned: bool = False,
-                 narrow_range: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def tensor_quant(inputs: torch.Tensor, amax: torch.Tensor | float, num_bits: int | tuple[int, int] = 8,
+                 unsigned: bool = False, narrow_range: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Quantize to the integer grid. Returns (q, scale) with q = clamp(round(x * scale)) in x's dtype.
 
-    Note the low-level default narrow_range=True (a descriptor defaults to False).
+    Note the low-level default narrow_range=True (a descriptor defaults to False). num_bits (4, 3) returns
+    x * scale rounded to the FP8 E4M3 values (scale = 448 / amax) instead of integers.
 
     Example:
         >>> q, scale = tensor_quant(torch.tensor([0.5, -1.0]), torch.tensor(1.0))
         >>> q.tolist(), scale.item()
         ([64.0, -127.0], 127.0)
     """
-    _check_num_bits(num_bits)
-    return _TensorQuantFunction.apply(inputs, _amax_tensor(amax, inputs), num_bits, unsigned, narrow_range)
+    grid = prepare_grid(amax, num_bits, unsigned, narrow_range, inputs.device)
+    return quantize_with_grid(inputs, grid, fake=False), grid.scale
 
 
-def fake_tensor_quant(inputs: torch.Tensor, amax: torch.Tensor | float, num_bits: int = 8,
+def fake_tensor_quant(inputs: torch.Tensor, amax: torch.Tensor | float, num_bits: int | tuple[int, int] = 8,
                       unsigned: bool = False, narrow_range: bool = True) -> torch.Tensor:
     """Quantize and dequantize: q / scale, in x's dtype, with a straight-through gradient.
 
-    Note the low-level default narrow_range=True (a descriptor defaults to False).
+    Note the low-level default narrow_range=True (a descriptor defaults to False). num_bits (4, 3) is FP8
+    E4M3 (``fake_e4m3_quant``).
+
+    Example:
+        >>> fake_tensor_quant(torch.tensor([0.5, -1.0]), torch.tensor(1.0)).tolist()
+        [0.5039370059967041, -1.0]
     """
-    _check_num_bits(num_bits)
-    return _FakeTensorQuantFunction.apply(inputs, _amax_tensor(amax, inputs), num_bits, unsigned, narrow_range)
+    grid = prepare_grid(amax, num_bits, unsigned, narrow_range, inputs.device)
+    return quantize_with_grid(inputs, grid, fake=True)
 
 
 def fake_e4m3_quant(inputs: torch.Tensor, amax: torch.Tensor | float) -> torch.Tensor:
-    """FP8 E4M3 fake quantization: scale = 448 / amax, round through torch.float8_e4m3fn, divide back."""
-    return _FakeE4M3Function.apply(inputs, _amax_tensor(amax, inputs))
+    """FP8 E4M3 fake quantization: scale = 448 / amax, round through torch.float8_e4m3fn (saturating at
+    ±448), divide back. Straight-through gradient like ``fake_tensor_quant``."""
+    return quantize_with_grid(inputs, prepare_grid(amax, (4, 3), device=inputs.device), fake=True)
