@@ -54,12 +54,13 @@ class PlanEntry:
 
 @dataclass
 class Plan:
-    """The ordered entries of one rewrite, plus where the config came from and which scopes did not trace."""
+    """The ordered entries of one rewrite, the config it came from, and which scopes did not trace."""
 
     entries: list[PlanEntry]
     config_source: str
     untraced: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    config: dict = field(default_factory=dict)  # the normalised config (QuantConfig.to_dict())
 
     def __iter__(self) -> Iterator[PlanEntry]:
         return iter(self.entries)

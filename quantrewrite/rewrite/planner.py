@@ -258,7 +258,7 @@ def _plan_scopes(model: nn.Module, rp: RewritePlan) -> None:
 
 def build_plan(model: nn.Module, cfg: QuantConfig, trace: TraceResult, *, strict: bool = False) -> RewritePlan:
     """Resolve every module and op site of ``model`` against ``cfg``. Changes nothing."""
-    rp = RewritePlan(Plan([], cfg.source, dict(trace.failed)), trace=trace)
+    rp = RewritePlan(Plan([], cfg.source, dict(trace.failed), config=cfg.to_dict()), trace=trace)
     _plan_scopes(model, rp)
     _plan_modules(model, cfg, rp)
     _plan_ops(cfg, rp, model)

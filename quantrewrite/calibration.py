@@ -1,0 +1,189 @@
+"""Calibration: run data through a quantized model to find every quantizer's range.
+
+``calibrate(model, data)`` does the whole job; ``with calibration(model): ...`` plus
+``load_calib_amax(model)`` is the same for hand-written loops.
+
+Example:
+    >>> result = calibrate(qmodel, loader, method="entropy")
+    >>> result.calibrated[:2], result.no_data
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from quantrewrite import calib
+from quantrewrite.calib import distributed
+from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+
+__all__ = ["CalibrationResult", "HISTOGRAM_METHODS", "calibrate", "calibration", "load_calib_amax"]
+
+logger = logging.getLogger(__name__)
+
+HISTOGRAM_METHODS = ("entropy", "percentile", "mse")
+
+
+@dataclass
+class CalibrationResult:
+    """What a calibration did.
+
+    Attributes:
+        calibrated: names of the quantizers that got an amax.
+        no_data: names of enabled quantizers whose calibrator saw no batch (their amax is unchanged).
+        skipped: names of quantizers left alone (disabled, or without a calibrator).
+        method: the method used for histogram calibrators.
+        batches: the number of batches run.
+        seconds: wall time of the whole call.
+    """
+
+    calibrated: list[str] = field(default_factory=list)
+    no_data: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    method: str = "entropy"
+    batches: int = 0
+    seconds: float = 0.0
+
+
+def _calibratable(model: nn.Module) -> tuple[dict[str, TensorQuantizer], list[str]]:
+    chosen, skipped = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, TensorQuantizer):
+            if module.is_enabled and module.calibrator is not None:
+                chosen[name] = module
+            else:
+                skipped.append(name)
+    return chosen, skipped
+
+
+@contextlib.contextmanager
+def calibration(model: nn.Module) -> Iterator[dict[str, TensorQuantizer]]:
+    """Collect statistics instead of quantizing, inside the block, for every enabled quantizer.
+
+    Each calibrator starts afresh (statistics of an earlier calibration are dropped).
+    On exit calibration is turned off and quantization back on, whatever happened inside; the ranges are
+    set by ``load_calib_amax(model, ...)`` afterwards. Yields the quantizers that collect.
+    """
+    quantizers, _ = _calibratable(model)
+    previous = {name: q.is_quant_enabled for name, q in quantizers.items()}
+    for quantizer in quantizers.values():
+        quantizer.calibrator.reset()
+        quantizer.disable_quant()
+        quantizer.enable_calib()
+    try:
+        yield quantizers
+    finally:
+        for name, quantizer in quantizers.items():
+            quantizer.disable_calib()
+            if previous[name]:
+                quantizer.enable_quant()
+
+
+def _check_method(method: str) -> None:
+    if method not in HISTOGRAM_METHODS:
+        raise ValueError(f"method: expected one of {list(HISTOGRAM_METHODS)}, got {method!r}")
+
+
+def load_calib_amax(model: nn.Module, method: str = "entropy", *, percentile: float = 99.99,
+                    **kwargs: Any) -> CalibrationResult:
+    """Set every enabled quantizer's amax from its calibrator.
+
+    Max calibrators give the max; histogram calibrators use ``method`` ("entropy", "percentile", "mse").
+    When ``torch.distributed`` is initialised, the ranks first combine their statistics, so every rank
+    ends with the same amax. Quantizers whose calibrator saw no data keep their amax and are named in one
+    warning.
+    """
+    _check_method(method)
+    quantizers, skipped = _calibratable(model)
+    distributed.synchronize(list(quantizers.values()))
+    result = CalibrationResult(skipped=skipped, method=method)
+    for name, quantizer in quantizers.items():
+        if isinstance(quantizer.calibrator, calib.HistogramCalibrator):
+            options = dict(kwargs)
+            if method == "percentile":
+                options["percentile"] = percentile
+            amax = quantizer.load_calib_amax(method, strict=False, **options)
+        else:
+            amax = quantizer.load_calib_amax(strict=False)
+        (result.calibrated if amax is not None else result.no_data).append(name)
+    if result.no_data:
+        warnings.warn(f"{len(result.no_data)} quantizer(s) saw no calibration data and keep their amax "
+                      f"(dynamic if never set): {', '.join(result.no_data)}", UserWarning, stacklevel=2)
+    return result
+
+
+def _feed(model: nn.Module, batch: Any) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, Mapping):
+        return model(**batch)
+    if isinstance(batch, (tuple, list)):
+        return model(*batch)
+    raise TypeError(f"a calibration batch must be a tensor, a tuple/list or a dict; got {type(batch).__name__}. "
+                    "Pass forward=lambda model, batch: ... to feed other batch types")
+
+
+def _progress(data: Iterable[Any], total: int | None, enabled: bool) -> Iterable[Any]:
+    if not enabled or not sys.stderr.isatty():
+        return data
+    from tqdm.auto import tqdm
+
+    return tqdm(data, total=total, desc="calibrating", unit="batch", leave=False)
+
+
+def calibrate(model: nn.Module, data: Iterable[Any], *, forward: Callable[[nn.Module, Any], Any] | None = None,
+              method: str = "entropy", percentile: float = 99.99, num_batches: int | None = None,
+              progress: bool = True) -> CalibrationResult:
+    """Calibrate every enabled quantizer of ``model`` on ``data``.
+
+    The batches run in eval mode under ``torch.no_grad()`` with quantization off; then amax is computed
+    (max calibrators: the max; histogram calibrators: ``method``), quantization is back on, calibration
+    off, and the model's train/eval mode restored.
+
+    Args:
+        model: a quantized model (from ``quantize_model``).
+        data: an iterable of batches: tensors, tuples (positional arguments) or dicts (keyword arguments).
+        forward: ``forward(model, batch)`` to feed other batch types.
+        method: "entropy", "percentile" or "mse" for histogram calibrators.
+        percentile: the percentile for method="percentile".
+        num_batches: stop after this many batches.
+        progress: show a progress bar (only on a terminal).
+
+    Returns:
+        A CalibrationResult naming the quantizers calibrated, the ones that saw no data and the skipped ones.
+    """
+    _check_method(method)
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches: expected an int >= 1 or None, got {num_batches!r}")
+    start = time.perf_counter()
+    feed = forward or _feed
+    total = num_batches if num_batches is not None else (len(data) if hasattr(data, "__len__") else None)
+    was_training = model.training
+    model.eval()
+    batches = 0
+    try:
+        with calibration(model), torch.no_grad():
+            for batch in _progress(data, total, progress):
+                if num_batches is not None and batches >= num_batches:
+                    break
+                feed(model, batch)
+                batches += 1
+        if batches == 0:
+            raise ValueError("calibrate: data yielded no batch")
+        result = load_calib_amax(model, method, percentile=percentile)
+    finally:
+        model.train(was_training)
+    result.batches = batches
+    result.seconds = time.perf_counter() - start
+    logger.info("calibrated %d quantizers on %d batches in %.2f s", len(result.calibrated), batches,
+                result.seconds)
+    return result
