@@ -1,0 +1,264 @@
+"""Histogram calibrator: an exact integer histogram of |x| and three ways to pick amax from it.
+
+Bins: the first batch with a nonzero max m sets ``num_bins`` bins over [0, m]; edge k is
+``m * k / num_bins`` in float64. A later batch beyond the last edge appends bins of the same width, so
+old edges never move. Bin b holds edges[b] <= |x| < edges[b + 1] (the last bin also its right edge), the
+same as ``numpy.histogram`` on the edges of the time (a value equal to the last edge stays in the bin it
+was counted in when bins are appended later). Counts are int64 and exact at any size (the original's float32
+``histc`` stopped counting at 2^24 per bin). Batches that are all zero before any range exists are kept
+as a count and land in bin 0 once the range is known.
+
+Methods of ``compute_amax`` (they run on CPU; the histogram has a few thousand bins):
+
+* ``percentile``: the left edge of the first bin where the CDF of the counts reaches p / 100.
+* ``mse``: the bin centre c_i (i >= start_bin) minimising Σ_j n_j (fake_quant(c_j, c_i) − c_j)²;
+  the first minimum wins.
+* ``entropy`` (TensorRT's KL method, as in pytorch-quantization): with n_0 replaced by n_1, for each
+  i = start_bin, start_bin + stride, ... <= nbins: P = n[0:i] with Σ n[i:] added to its last bin; Q = n[0:i]
+  split into 2^(num_bits−1+unsigned) groups (bin j goes to group floor(j·groups / i)), each group's total
+  spread evenly over its non-empty bins; KL(P‖Q) of the normalised P and Q. amax = edges[i] of the last
+  minimum. As in the original, KL is +inf when P's last bin is non-empty but Q's is empty, and a
+  candidate whose Q is all empty (no data below edges[i]) is NaN, and the last NaN candidate wins (the
+  original's ``np.argmin`` returns the first NaN of the reversed divergences). Divergences within 1e-12 of
+  the minimum count as equal, so mathematically tied candidates, which summation order perturbs by
+  ~1e-15, resolve to the last one deterministically.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import math
+
+import numpy as np
+import torch
+
+from quantrewrite.calib import _kernels
+from quantrewrite.calib.calibrator import _Calibrator
+from quantrewrite.tensor_quant import quant_bounds
+
+__all__ = ["HistogramCalibrator", "amax_entropy", "amax_mse", "amax_percentile"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("entropy", "mse", "percentile")
+KL_TIE = 1e-12
+# elements per step of the torch counting path (CUDA, or CPU without numba); bounds its temporaries. Small
+# on CPU, where fresh multi-MB temporaries cost more in page faults than the extra steps.
+_CHUNK = 1 << 22
+_CPU_CHUNK = 1 << 16
+
+
+def _count_torch(x: torch.Tensor, edges: torch.Tensor, scale: float, skip_zeros: bool) -> torch.Tensor:
+    """Exact int64 counts of |x| on x's device with the bin rule of the module docstring."""
+    nbins = edges.numel() - 1
+    counts = torch.zeros(nbins, dtype=torch.int64, device=x.device)
+    for chunk in x.reshape(-1).split(_CPU_CHUNK if x.device.type == "cpu" else _CHUNK):
+        a = chunk.abs().double()
+        if skip_zeros:
+            a = a[a != 0]
+        b = (a * scale).long().clamp_(0, nbins - 1)
+        b -= (a < edges[b]).long()
+        b += ((a >= edges[b + 1]) & (b < nbins - 1)).long()
+        counts += torch.bincount(b, minlength=nbins)
+    return counts
+
+
+def _last_argmin(kl: np.ndarray) -> int:
+    """Index of the last minimum, ties within KL_TIE; the last NaN if any (the original's behaviour)."""
+    nan = np.flatnonzero(np.isnan(kl))
+    if nan.size:
+        return int(nan[-1])
+    return int(np.flatnonzero(kl <= kl.min() + KL_TIE)[-1])
+
+
+class HistogramCalibrator(_Calibrator):
+    """Histogram of |x| (per tensor) and entropy / mse / percentile amax.
+
+    Args:
+        num_bits: bits of the quantizer the amax is for.
+        axis: must be None; per-channel histograms are not supported.
+        unsigned: whether the quantizer is unsigned.
+        num_bins: bins over [0, max] on the first batch.
+        grow_method: deprecated and ignored (as in pytorch-quantization).
+        skip_zeros: drop exact zeros before counting.
+        torch_hist: count on the input's device (default); False counts on CPU. Both give the same counts.
+
+    Example:
+        >>> calib = HistogramCalibrator(num_bins=4)
+        >>> calib.collect(torch.tensor([0.0, 1.0, 2.0, 3.0, 4.0]))
+        >>> calib.histogram.tolist(), calib.compute_amax("percentile", percentile=50).item()
+        ([1, 1, 1, 2], 2.0)
+    """
+
+    def __init__(self, num_bits: int = 8, axis: int | tuple[int, ...] | None = None, unsigned: bool = False,
+                 num_bins: int = 2048, grow_method: str | None = None, skip_zeros: bool = False,
+                 torch_hist: bool = True):
+        super().__init__(num_bits, axis, unsigned)
+        if axis is not None:
+            raise ValueError(f"HistogramCalibrator: axis must be None, got {axis!r}; per-channel histograms "
+                             "are not supported (use MaxCalibrator for per-channel amax)")
+        if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
+            raise ValueError(f"num_bins: expected an int >= 1, got {num_bins!r}")
+        if grow_method is not None:
+            logger.warning("HistogramCalibrator: grow_method is deprecated and ignored (got %r)", grow_method)
+        self._num_bins = num_bins
+        self._skip_zeros = bool(skip_zeros)
+        self._torch_hist = bool(torch_hist)
+        self._reset()
+
+    @property
+    def num_bins(self) -> int:
+        """Bins of the first histogram (the histogram grows beyond it when later batches exceed its range)."""
+        return self._num_bins
+
+    @property
+    def skip_zeros(self) -> bool:
+        """Whether exact zeros are dropped."""
+        return self._skip_zeros
+
+    @property
+    def histogram(self) -> torch.Tensor | None:
+        """The int64 counts (a copy), or None before any data. Only zeros so far: one bin [0, 0]."""
+        if self._counts is None:
+            return torch.tensor([self._zeros], dtype=torch.int64) if self._zeros else None
+        return self._counts.clone()
+
+    @property
+    def bin_edges(self) -> torch.Tensor | None:
+        """The float64 bin edges (one more than bins), or None before any data."""
+        if self._counts is None:
+            return torch.zeros(2, dtype=torch.float64) if self._zeros else None
+        return self._edges(self._counts.numel(), self._counts.device)
+
+    def _edges(self, nbins: int, device: torch.device) -> torch.Tensor:
+        key = (nbins, str(device), self._base_max)
+        if self._edge_cache is None or self._edge_cache[0] != key:
+            edges = torch.arange(nbins + 1, dtype=torch.float64) * self._base_max / self._num_bins
+            self._edge_cache = (key, edges.to(device))
+        return self._edge_cache[1]
+
+    def _edge(self, k: int) -> float:
+        return self._base_max * k / self._num_bins  # the same float64 operations as _edges
+
+    def _reset(self) -> None:
+        self._base_max: float | None = None
+        self._counts: torch.Tensor | None = None
+        self._zeros = 0
+        self._edge_cache: tuple | None = None
+
+    def _collect(self, x: torch.Tensor) -> None:
+        x = x.float()
+        if not self._torch_hist:
+            x = x.cpu()
+        if x.numel() == 0:
+            return
+        lo, hi = torch.aminmax(x)
+        x_max = max(hi.item(), -lo.item())
+        if not math.isfinite(x_max):
+            raise ValueError(f"HistogramCalibrator.collect: input contains non-finite values (max |x| {x_max})")
+        if self._counts is None:
+            if x_max == 0.0:
+                self._zeros += 0 if self._skip_zeros else x.numel()
+                return
+            self._base_max = x_max
+            self._counts = torch.zeros(self._num_bins, dtype=torch.int64, device=x.device)
+            self._counts[0] += self._zeros
+            self._zeros = 0
+        elif x_max > self._edge(self._counts.numel()):
+            self._grow(x_max)
+        self._counts = self._counts.to(x.device)
+        nbins = self._counts.numel()
+        scale = self._num_bins / self._base_max
+        if x.device.type == "cpu" and _kernels.use_numba():
+            edges = self._edges(nbins, x.device).numpy()
+            counts = _kernels.count_abs(x.contiguous().numpy().reshape(-1), edges, scale, self._skip_zeros)
+            self._counts += torch.from_numpy(counts)
+        else:
+            self._counts += _count_torch(x, self._edges(nbins, x.device), scale, self._skip_zeros)
+
+    def _grow(self, x_max: float) -> None:
+        """Append bins of the same width until the last edge reaches x_max."""
+        old = self._counts.numel()
+        nbins = max(old + 1, math.ceil(x_max * self._num_bins / self._base_max))
+        while self._edge(nbins) < x_max:
+            nbins += 1
+        while nbins - 1 > old and self._edge(nbins - 1) >= x_max:
+            nbins -= 1
+        grown = torch.zeros(nbins, dtype=torch.int64, device=self._counts.device)
+        grown[:old] = self._counts
+        self._counts = grown
+        logger.debug("HistogramCalibrator: grew from %d to %d bins for max %g", old, nbins, x_max)
+
+    def compute_amax(self, method: str, *, stride: int = 1, start_bin: int = 128,
+                     percentile: float = 99.99) -> torch.Tensor | None:
+        """The amax (float32 0-d tensor on the histogram's device) by ``method``; see the module docstring.
+
+        Args:
+            method: 'entropy', 'mse' or 'percentile'.
+            stride: step between candidate bins (entropy, mse).
+            start_bin: first candidate bin (entropy, mse).
+            percentile: in [0, 100] (percentile).
+
+        Returns:
+            The amax; 0 if only zeros were seen; None if nothing was collected (callers report that).
+        """
+        if method not in METHODS:
+            close = difflib.get_close_matches(str(method), METHODS, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"unknown calibration method {method!r}: expected one of {METHODS}{hint}")
+        for name, value in (("stride", stride), ("start_bin", start_bin)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
+        if method == "percentile" and not 0.0 <= percentile <= 100.0:
+            raise ValueError(f"percentile: expected a value in [0, 100], got {percentile!r}")
+        if self._counts is None:
+            return torch.tensor(0.0, dtype=torch.float32) if self._zeros else None
+        counts = self._counts.cpu().numpy()
+        edges = self._edges(counts.size, torch.device("cpu")).numpy()
+        if method == "percentile":
+            amax = amax_percentile(counts, edges, percentile)
+        elif method == "mse":
+            amax = amax_mse(counts, edges, self._num_bits, self._unsigned, stride, start_bin)
+        else:
+            amax = amax_entropy(counts, edges, self._num_bits, self._unsigned, stride, start_bin)
+        return torch.tensor(amax, dtype=torch.float32, device=self._counts.device)
+
+    def _repr_fields(self) -> dict[str, object]:
+        fields: dict[str, object] = {"num_bins": self._num_bins, "skip_zeros": self._skip_zeros}
+        if self._counts is not None:
+            fields["bins"] = self._counts.numel()
+            fields["range"] = f"[0, {self._edge(self._counts.numel()):.6g}]"
+        return fields
+
+
+def amax_percentile(counts: np.ndarray, edges: np.ndarray, percentile: float) -> float:
+    """Left edge of the first bin where the CDF of ``counts`` reaches percentile / 100."""
+    cumulative = np.cumsum(counts)
+    cdf = cumulative / cumulative[-1]
+    idx = min(int(np.searchsorted(cdf, percentile / 100.0, side="left")), counts.size - 1)
+    return float(edges[idx])
+
+
+def amax_mse(counts: np.ndarray, edges: np.ndarray, num_bits: int, unsigned: bool, stride: int = 1,
+             start_bin: int = 128) -> float:
+    """The bin centre (float32) with the least Σ counts · (fake_quant(centre) − centre)²; first minimum."""
+    if start_bin > counts.size - 1:
+        raise ValueError(f"mse: start_bin {start_bin} leaves no candidate in {counts.size} bins")
+    centers = ((edges[:-1] + edges[1:]) / 2).astype(np.float32)
+    min_bound, max_bound = quant_bounds(num_bits, unsigned, narrow_range=False)
+    errors = _kernels.mse_errors(counts, centers, start_bin, counts.size - 1, stride, min_bound, max_bound)
+    return float(centers[start_bin + int(np.argmin(errors)) * stride])
+
+
+def amax_entropy(counts: np.ndarray, edges: np.ndarray, num_bits: int, unsigned: bool, stride: int = 1,
+                 start_bin: int = 128) -> float:
+    """edges[i] of the last minimum of KL(P‖Q) over the candidates i (see the module docstring)."""
+    if start_bin > counts.size:
+        raise ValueError(f"entropy: start_bin {start_bin} leaves no candidate in {counts.size} bins")
+    bins = np.array(counts, dtype=np.int64)
+    if bins.size > 1:
+        bins[0] = bins[1]
+    groups = 1 << (num_bits - 1 + int(unsigned))
+    kl = _kernels.entropy_divergences(bins, start_bin, counts.size, stride, groups)
+    return float(edges[start_bin + _last_argmin(kl) * stride])
