@@ -122,7 +122,9 @@ def trace_scopes(model: nn.Module, *, concrete_args: dict[str, Any] | None = Non
     def recurse(module: nn.Module, name: str) -> None:
         for child_name, child in module.named_children():
             qualified = _qualify(name, child_name)
-            if not QuantTracer(leaf_modules).is_leaf_module(child, qualified):  # names are absolute here
+            if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
+                recurse(child, qualified)  # no forward to trace (FX calls them leaves): visit their items
+            elif not QuantTracer(leaf_modules).is_leaf_module(child, qualified):  # names are absolute here
                 visit(child, qualified, None)
 
     visit(model, "", concrete_args)
