@@ -84,14 +84,19 @@ def _none_default_used_as_tensor(graph: fx.Graph) -> str | None:
     """The first placeholder that defaults to None yet feeds a traced op (not just a leaf module).
 
     FX traces every argument as a tensor proxy, so ``if mask is not None: x = x + mask`` records the add;
-    calling the traced graph without ``mask`` would then fail. Such a scope is treated as untraced.
+    calling the traced graph without ``mask`` would then fail. Such a scope is treated as untraced. The
+    guard FX adds for ``concrete_args={"mask": None}`` (``_assert_is_none``) is not a computation.
     """
     for node in graph.nodes:
         if node.op != "placeholder" or node.args != (None,):
             continue
-        if any(user.op not in ("call_module", "output") for user in node.users):
+        if any(user.op not in ("call_module", "output") and not _is_none_guard(user) for user in node.users):
             return str(node.target)
     return None
+
+
+def _is_none_guard(node: fx.Node) -> bool:
+    return node.op == "call_function" and getattr(node.target, "__name__", None) == "_assert_is_none"
 
 
 def trace_scopes(model: nn.Module, *, concrete_args: dict[str, Any] | None = None,
