@@ -139,7 +139,10 @@ def summary(model: nn.Module) -> str:
     rows = [("quantizer", "state", "descriptor / amax")]
     for name, quantizer in list_quantizers(model).items():
         state = "enabled" if quantizer.is_enabled else "disabled"
-        rows.append((name, state, quantizer.extra_repr()))
+        # extra_repr() of a disabled quantizer is just "disabled": show its descriptor and amax anyway
+        detail = (quantizer.extra_repr() if quantizer.is_enabled
+                  else f"{quantizer.quant_desc} amax={quantizer._amax_text()}")
+        rows.append((name, state, detail))
     width = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0].ljust(width[0])}  {r[1].ljust(width[1])}  {r[2]}" for r in rows]
     lines.insert(1, f"{'-' * width[0]}  {'-' * width[1]}  {'-' * 17}")
