@@ -129,7 +129,7 @@ class HistogramCalibrator(_Calibrator):
         """The float64 bin edges (one more than bins), or None before any data."""
         if self._counts is None:
             return torch.zeros(2, dtype=torch.float64) if self._zeros else None
-        return self._edges(self._counts.numel(), self._counts.device)
+        return self._edges(self._counts.numel(), self._counts.device).clone()
 
     def _edges(self, nbins: int, device: torch.device) -> torch.Tensor:
         key = (nbins, str(device), self._base_max)

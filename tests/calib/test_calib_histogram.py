@@ -318,9 +318,10 @@ def test_entropy_matches_literal_reference(hist_name, config, sweep_path):
 
 
 @pytest.mark.parametrize("hist_name", ["halfnormal", "halfnormal_2048", "laplace", "relu_zero_spike",
-                                       "bimodal", "odd_size_777"])
-def test_entropy_matches_original_exact_argmin_on_dense_data(hist_name):
-    """Without ties the tolerance changes nothing: the original's exact last-argmin picks the same bin."""
+                                       "bimodal", "odd_size_777", "empty_start_gap", "one_bin_200"])
+def test_entropy_matches_original_exact_argmin(hist_name):
+    """Without ties the tolerance changes nothing: the original's exact last-argmin (np.argmin on the
+    reversed divergences, which returns the first NaN if there is one) picks the same bin."""
     counts = HISTOGRAMS[hist_name]
     reference = entropy_reference(counts, 8, False, 1, 128)
     original = 128 + reference.size - 1 - int(np.argmin(reference[::-1]))
