@@ -47,8 +47,9 @@ def _replace_arg(node: fx.Node, slot: ArgSlot, new: fx.Node) -> None:
 
 def _graph_module(module: nn.Module, graph: fx.Graph) -> fx.GraphModule:
     gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
-    for name, child in module.named_children():  # the real children, not FX's partial copies
-        setattr(gm, name, child)
+    for name, child in module._modules.items():  # the real children (aliases too), not FX's partial copies
+        if child is not None:
+            setattr(gm, name, child)
     for name, param in module.named_parameters(recurse=False):
         if name not in gm._parameters:
             gm.register_parameter(name, param)
@@ -75,6 +76,12 @@ def apply_plan(model: nn.Module, rp: RewritePlan) -> nn.Module:
         else:
             parent, leaf = _parent(model, name)
             setattr(parent, leaf, quant)
+    # A module held under several names (named_modules() lists only the first) is swapped under all of them.
+    twins = {id(action.module): quant for action, (name, quant) in zip(rp.modules, swaps) if name}
+    for module in list(model.modules()):
+        for key, child in list(module._modules.items()):
+            if child is not None and id(child) in twins:
+                module._modules[key] = twins[id(child)]
     scopes_to_rebuild: dict[str, list[OpAction]] = {}
     for op, slot, quantizer in quantizers:
         owner = model.get_submodule(op.owner) if op.owner else model
