@@ -23,6 +23,7 @@ from torch import nn
 
 from quantrewrite import TensorQuantizer, disable_quantizers, list_quantizers, quantize_model, registry
 from quantrewrite.models import ResidualCNN, TransformerStack
+from quantrewrite.nn import modules as qnn
 
 ADD_ON = {"version": 1, "functions": {"add": {"quantize": True}}}
 ADD_CAT_ON = {"version": 1, "functions": {"add": {"quantize": True}, "cat": {"quantize": True}}}
@@ -374,3 +375,40 @@ def test_tiny_model_equals_a_hand_built_reference():
         out = qmodel(x)
     assert torch.equal(out, expected)
     assert not torch.equal(out, model(x))
+
+
+class Tied(nn.Module):
+    """One Linear reachable under two names (``b`` is ``a``), called once under each."""
+
+    def __init__(self, with_op: bool):
+        super().__init__()
+        self.a = nn.Linear(4, 4)
+        self.b = self.a
+        self.with_op = with_op
+
+    def forward(self, x):
+        h = self.a(x)
+        if self.with_op:
+            h = torch.matmul(h, x.transpose(-1, -2))
+        return self.b(h)
+
+
+@pytest.mark.parametrize("with_op", [False, True], ids=["root-kept", "root-rebuilt"])
+def test_a_module_reachable_under_two_names_is_swapped_under_both(with_op):
+    torch.manual_seed(0)
+    model = Tied(with_op).eval()
+    qmodel = quantize_model(model, "int8_max")
+    assert type(qmodel.a) is qnn.QuantLinear
+    assert qmodel.b is qmodel.a  # still one module, so both calls are quantized
+    assert set(model.state_dict()) <= set(qmodel.state_dict())
+    calls = []
+    qmodel.a._input_quantizer.register_forward_hook(lambda *args: calls.append(1))
+    x = torch.randn(4, 4)
+    with torch.no_grad():
+        qmodel(x)
+    assert len(calls) == 2
+    assert list_quantizers(qmodel.b) == {"_input_quantizer": qmodel.a._input_quantizer,
+                                         "_weight_quantizer": qmodel.a._weight_quantizer}
+    disable_quantizers(qmodel, "*")
+    with torch.no_grad():
+        assert torch.equal(qmodel(x), model(x))
