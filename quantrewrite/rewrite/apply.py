@@ -67,6 +67,10 @@ def apply_plan(model: nn.Module, rp: RewritePlan) -> nn.Module:
     swaps = [(action.name, action.quant_cls.from_float(action.module, action.input, action.weight))
              for action in rp.modules]
     quantizers = [(op, slot, TensorQuantizer(slot.descriptor)) for op in rp.ops for slot in op.slots]
+    for action, (_, quant) in zip(rp.modules, swaps):  # new quantizers follow the mode of the module they join
+        for module in quant.modules():
+            if isinstance(module, TensorQuantizer):
+                module.train(action.module.training)
 
     # 2. Attach Quant modules and op quantizers to the module tree.
     root = model
@@ -85,7 +89,7 @@ def apply_plan(model: nn.Module, rp: RewritePlan) -> nn.Module:
     scopes_to_rebuild: dict[str, list[OpAction]] = {}
     for op, slot, quantizer in quantizers:
         owner = model.get_submodule(op.owner) if op.owner else model
-        setattr(owner, slot.attr, quantizer)
+        setattr(owner, slot.attr, quantizer.train(owner.training))
         target = _relative(f"{op.owner}.{slot.attr}" if op.owner else slot.attr, op.scope)
         graph = op.node.graph
         with graph.inserting_before(op.node):
