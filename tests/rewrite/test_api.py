@@ -185,10 +185,18 @@ def test_inplace_returns_the_model_itself_when_its_top_level_is_untouched():
     assert qmodel.quant_plan.counts()["modules quantized"] == 2
 
 
-def test_quantize_model_keeps_the_training_mode():
-    for train in (True, False):
-        qmodel = quantize_model(_model().train(train), {"version": 1, "functions": {"add": {"quantize": True}}})
-        assert {m.training for m in qmodel.modules()} == {train}
+TRAINING_MODELS = {"rebuilt-root": _model, "kept-root": lambda: nn.Sequential(nn.Linear(4, 4), nn.ReLU()),
+                   "untraced-root": _untraceable}
+
+
+@pytest.mark.parametrize("make", list(TRAINING_MODELS))
+@pytest.mark.parametrize("train", [True, False], ids=["train", "eval"])
+def test_every_module_of_the_result_has_the_models_training_mode(make, train):
+    model = TRAINING_MODELS[make]().train(train)
+    qmodel = quantize_model(model, {"version": 1, "functions": {"add": {"quantize": True}}})
+    assert list_quantizers(qmodel)
+    assert {name: m.training for name, m in qmodel.named_modules()} == {
+        name: train for name, _ in qmodel.named_modules()}
 
 
 # ----------------------------------------------------------------------------------- quantizer verbs
