@@ -17,6 +17,7 @@ from quantrewrite.api import (
 )
 from quantrewrite.config import QuantConfig, QuantConfigError, available_presets, load_config
 from quantrewrite.descriptor import QuantDescriptor, QuantDescriptorError
+from quantrewrite.export import ExportError, ExportReport, export_onnx
 from quantrewrite.nn import TensorQuantizer
 from quantrewrite.plan import Plan, PlanEntry
 from quantrewrite.registry import (
@@ -32,6 +33,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgSpec",
+    "ExportError",
+    "ExportReport",
     "Plan",
     "PlanEntry",
     "QuantConfig",
@@ -46,6 +49,7 @@ __all__ = [
     "calib",
     "disable_quantizers",
     "enable_quantizers",
+    "export_onnx",
     "list_quantizers",
     "load_config",
     "nn",

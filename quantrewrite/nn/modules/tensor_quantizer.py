@@ -272,6 +272,10 @@ class TensorQuantizer(nn.Module):
         return amax.to(inputs.device)
 
     def _quant_forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():  # torch's own flag: emit QuantizeLinear/DequantizeLinear (export.py)
+            from quantrewrite.export import quantize_for_export
+
+            return quantize_for_export(self, inputs)
         amax = self._current_amax(inputs)
         desc = self._descriptor
         if desc.is_fp8:
