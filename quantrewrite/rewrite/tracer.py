@@ -103,7 +103,8 @@ def trace_scopes(model: nn.Module, *, concrete_args: dict[str, Any] | None = Non
                  leaf_modules: Iterable[type | str] = ()) -> TraceResult:
     """Trace ``model``; where that fails, trace its children separately, recursively.
 
-    Leaf modules (see QuantTracer) are never traced on their own: they need no graph to be swapped.
+    Leaf modules (see QuantTracer) are never traced on their own: they need no graph to be swapped. That
+    includes the model itself (``quantize_model(nn.Linear(...))`` swaps it whole).
     """
     leaf_modules = tuple(leaf_modules)
     result = TraceResult()
@@ -132,5 +133,8 @@ def trace_scopes(model: nn.Module, *, concrete_args: dict[str, Any] | None = Non
             elif not QuantTracer(leaf_modules).is_leaf_module(child, qualified):  # names are absolute here
                 visit(child, qualified, None)
 
-    visit(model, "", concrete_args)
+    if isinstance(model, (nn.ModuleList, nn.ModuleDict)):
+        recurse(model, "")
+    elif not QuantTracer(leaf_modules).is_leaf_module(model, ""):
+        visit(model, "", concrete_args)
     return result
