@@ -19,7 +19,7 @@ from rewrite_toys import (
     graph_modules,
     per_channel_amax,
 )
-from torch import nn
+from torch import fx, nn
 
 from quantrewrite import TensorQuantizer, disable_quantizers, list_quantizers, quantize_model, registry
 from quantrewrite.models import ResidualCNN, TransformerStack
@@ -412,3 +412,29 @@ def test_a_module_reachable_under_two_names_is_swapped_under_both(with_op):
     disable_quantizers(qmodel, "*")
     with torch.no_grad():
         assert torch.equal(qmodel(x), model(x))
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(4, 3), lambda: nn.Conv2d(2, 3, 1),
+                                  lambda: nn.MultiheadAttention(4, 2)], ids=["Linear", "Conv2d", "MHA"])
+def test_a_registered_module_as_the_whole_model_is_swapped_whole(make):
+    torch.manual_seed(0)
+    model = make().eval()
+    quant_cls = registry.quant_module_for(type(model))
+    qmodel = quantize_model(model, {"version": 1, "disable": ["*"]})
+    assert type(qmodel) is quant_cls
+    plan = qmodel.quant_plan
+    assert plan[""].quant_class == quant_cls.__name__ and plan.functions() == [] and plan.untraced == {}
+    assert list(list_quantizers(qmodel)) == sorted(plan.quantizer_names(), key=list(list_quantizers(qmodel)).index)
+    assert set(list_quantizers(qmodel)) == set(plan.quantizer_names())
+    assert not any(q.is_enabled for q in list_quantizers(qmodel).values())
+    assert list_quantizers(model) == {}
+
+
+def test_a_module_dict_as_the_whole_model_has_its_items_traced():
+    from quantrewrite.models import BasicBlock
+
+    qmodel = quantize_model(nn.ModuleDict({"a": BasicBlock(2, 2), "b": TwoAdds()}), ADD_ON)
+    assert type(qmodel) is nn.ModuleDict and isinstance(qmodel["a"], fx.GraphModule)
+    assert [n for n in list_quantizers(qmodel) if "add" in n] == [
+        "a.add_input_quantizer", "a.add_input1_quantizer", "b.add_input_quantizer", "b.add_input1_quantizer",
+        "b.add_1_input_quantizer", "b.add_1_input1_quantizer"]
