@@ -184,7 +184,8 @@ class QuantDescriptor:
         QuantDescriptorError: for an unknown field or a bad value; the message names the field and value.
     """
 
-    __slots__ = ("_values",)
+    # One slot per field (plain attribute reads: quantizers read them on every forward) plus the dict view.
+    __slots__ = ("_values", *FIELD_NAMES)
 
     def __init__(self, num_bits: int | tuple[int, int] = 8, name: str | None = None, **kwargs: Any):
         values = {"num_bits": num_bits, "name": name}
@@ -205,21 +206,24 @@ class QuantDescriptor:
                                                                     "per-channel quantizers")
         if resolved["num_bits"] == FP8_E4M3 and resolved["unsigned"]:
             raise QuantDescriptorError("unsigned", True, "FP8 E4M3 (num_bits (4, 3)) is always signed")
-        object.__setattr__(self, "_values", resolved)
+        self._set_values(resolved)
+
+    def _set_values(self, values: dict[str, Any]) -> None:
+        object.__setattr__(self, "_values", values)
+        for key, value in values.items():
+            object.__setattr__(self, key, value)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(f"QuantDescriptor is immutable; use desc.replace({key}=...) for a changed copy")
 
-    def __getattr__(self, key: str) -> Any:
-        if key in _FIELDS:
-            return object.__getattribute__(self, "_values")[key]
+    def __getattr__(self, key: str) -> Any:  # only reached for names that are not fields
         raise AttributeError(f"QuantDescriptor has no attribute {key!r}{did_you_mean(key, FIELD_NAMES)}")
 
     def __getstate__(self) -> dict[str, Any]:
         return dict(self._values)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        object.__setattr__(self, "_values", dict(state))
+        self._set_values(dict(state))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, QuantDescriptor) and self._values == other._values

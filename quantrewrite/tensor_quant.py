@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
@@ -96,6 +97,7 @@ class QuantGrid(NamedTuple):
     any_zero: bool  # some scale is 0 (amax <= 2^-24, or a degenerate grid): those elements become 0
     scale_host: np.ndarray | None  # flat float32 copies for the CPU kernels (None off-CPU)
     amax_host: np.ndarray | None
+    amax_shape: tuple[int, ...]
 
 
 def _validated_amax(amax: torch.Tensor | float, device: torch.device) -> torch.Tensor:
@@ -150,34 +152,36 @@ def prepare_grid(amax: torch.Tensor | float, num_bits: int | tuple[int, int] = 8
         min_bound, max_bound = quant_bounds(num_bits, unsigned, narrow_range)
     scale, any_zero = _scale(amax, max_bound)
     scale_host = amax_host = None
-    if amax.device.type == "cpu":
+    if amax.device.type == "cpu" and not fp8:  # FP8 rounds through torch.float8_e4m3fn: eager only
         scale_host = scale.reshape(-1).numpy()
         amax_host = amax.reshape(-1).contiguous().numpy()
-    return QuantGrid(amax, scale, min_bound, max_bound, unsigned, fp8, any_zero, scale_host, amax_host)
+    return QuantGrid(amax, scale, min_bound, max_bound, unsigned, fp8, any_zero, scale_host, amax_host,
+                     tuple(amax.shape))
 
 
-def _padded_shape(inputs: torch.Tensor, amax: torch.Tensor) -> tuple[int, ...]:
-    """amax's shape aligned to the input's dims; ValueError unless it broadcasts without growing the input."""
-    shape, amax_shape = tuple(inputs.shape), tuple(amax.shape)
-    extra = len(amax_shape) - len(shape)
-    if extra > 0 and all(size == 1 for size in amax_shape[:extra]):
-        amax_shape, extra = amax_shape[extra:], 0
-    if extra > 0 or any(a not in (1, s) for a, s in zip(amax_shape[::-1], shape[::-1])):
-        raise ValueError(f"amax of shape {list(amax.shape)} does not broadcast to input of shape {list(shape)}")
-    return (1,) * (len(shape) - len(amax_shape)) + amax_shape
+class _Layout(NamedTuple):
+    padded: tuple[int, ...]  # amax's shape aligned to the input's dims
+    view: tuple[int, int, int] | None  # (outer, channels, inner) for the fused kernels; None: eager only
 
 
-def _channel_view(shape: tuple[int, ...], padded: tuple[int, ...]) -> tuple[int, int, int] | None:
-    """(outer, channels, inner) when amax varies along one contiguous block of dims, else None."""
+@functools.lru_cache(maxsize=512)
+def _layout(shape: tuple[int, ...], amax_shape: tuple[int, ...]) -> _Layout:
+    """How amax lies over the input (cached: shapes repeat every step).
+
+    Raises ValueError unless amax broadcasts to the input without growing it. The fused kernels need amax to
+    vary along one contiguous block of dims (per-tensor, axis 0, axis 1, axis -1, axes (0, 1), ...); e.g. axes
+    (0, 2) of a 4-D tensor has no view and goes the eager way.
+    """
+    aligned, extra = amax_shape, len(amax_shape) - len(shape)
+    if extra > 0 and all(size == 1 for size in aligned[:extra]):
+        aligned, extra = aligned[extra:], 0
+    if extra > 0 or any(a not in (1, s) for a, s in zip(aligned[::-1], shape[::-1])):
+        raise ValueError(f"amax of shape {list(amax_shape)} does not broadcast to input of shape {list(shape)}")
+    padded = (1,) * (len(shape) - len(aligned)) + aligned
     varying = [d for d, size in enumerate(padded) if size != 1]
-    if not varying:
-        numel = 1
-        for size in shape:
-            numel *= size
-        return (1, 1, numel)
-    first, last = varying[0], varying[-1]
+    first, last = (varying[0], varying[-1]) if varying else (len(shape), len(shape) - 1)
     if any(padded[d] != shape[d] for d in range(first, last + 1)):
-        return None  # e.g. axis (0, 2) of a 4-D tensor: the eager path handles it
+        return _Layout(padded, None)
     outer = channels = inner = 1
     for d, size in enumerate(shape):
         if d < first:
@@ -186,7 +190,7 @@ def _channel_view(shape: tuple[int, ...], padded: tuple[int, ...]) -> tuple[int,
             channels *= size
         else:
             inner *= size
-    return outer, channels, inner
+    return _Layout(padded, (outer, channels, inner))
 
 
 def _negative_input_error(inputs: torch.Tensor) -> ValueError:
@@ -196,16 +200,16 @@ def _negative_input_error(inputs: torch.Tensor) -> ValueError:
 
 def _amax_like(grid: QuantGrid, padded: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     """amax and scale reshaped to the input's rank (a 1-dim amax may carry leading 1-dims)."""
-    if tuple(grid.amax.shape) == padded:
+    if grid.amax_shape == padded:
         return grid.amax, grid.scale
     return grid.amax.reshape(padded), grid.scale.reshape(padded)
 
 
-def _forward_eager(inputs: torch.Tensor, grid: QuantGrid, padded: tuple[int, ...], fake: bool) -> torch.Tensor:
+def _forward_eager(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, fake: bool) -> torch.Tensor:
     """The reference formula in torch ops (any device, any dtype); defines the numbers."""
     if grid.unsigned and inputs.numel() > 0 and bool((inputs < 0).any()):
         raise _negative_input_error(inputs)
-    _, scale = _amax_like(grid, padded)
+    _, scale = _amax_like(grid, layout.padded)
     x32 = inputs.float()
     if grid.fp8:
         out = torch.clamp(x32 * scale, grid.min_bound, grid.max_bound).to(torch.float8_e4m3fn).float()
@@ -218,37 +222,35 @@ def _forward_eager(inputs: torch.Tensor, grid: QuantGrid, padded: tuple[int, ...
     return out.to(inputs.dtype)
 
 
-def _forward(inputs: torch.Tensor, grid: QuantGrid, padded: tuple[int, ...], fake: bool) -> torch.Tensor:
+def _as_float32_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
+
+
+def _forward(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, fake: bool) -> torch.Tensor:
     """Fused kernel where it applies (CPU, an amax laid out as one block of dims), else eager."""
-    if (grid.fp8 or grid.scale_host is None or inputs.device.type != "cpu" or inputs.numel() == 0
+    if (layout.view is None or grid.scale_host is None or not inputs.is_cpu or inputs.numel() == 0
             or not _kernels.fused_kernels_available()):
-        return _forward_eager(inputs, grid, padded, fake)
-    view = _channel_view(tuple(inputs.shape), padded)
-    if view is None:
-        return _forward_eager(inputs, grid, padded, fake)
-    x32 = inputs.detach().float().contiguous()
+        return _forward_eager(inputs, grid, layout, fake)
+    x32 = _as_float32_contiguous(inputs)
     out = torch.empty_like(x32)
     kernel = _kernels.fake_quant_into if fake else _kernels.quant_into
-    negatives = kernel(x32.numpy().reshape(view), out.numpy().reshape(view), grid.scale_host, grid.min_bound,
-                       grid.max_bound)
+    negatives = kernel(x32, out, layout.view, grid.scale_host, grid.min_bound, grid.max_bound, checked=False)
     if grid.unsigned and negatives:
         raise _negative_input_error(inputs)
     return out if inputs.dtype == torch.float32 else out.to(inputs.dtype)
 
 
-def _ste_grad(inputs: torch.Tensor, grid: QuantGrid, padded: tuple[int, ...], grad: torch.Tensor) -> torch.Tensor:
+def _ste_grad(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, grad: torch.Tensor) -> torch.Tensor:
     """grad where |inputs| <= amax (inclusive, in float32), 0 elsewhere."""
-    if (inputs.dtype == torch.float32 and grad.dtype == torch.float32 and grid.amax_host is not None
-            and inputs.device.type == "cpu" and inputs.numel() > 0 and _kernels.fused_kernels_available()):
-        view = _channel_view(tuple(inputs.shape), padded)
-        if view is not None:
-            x = inputs.contiguous()
-            g = grad.contiguous()
-            out = torch.empty_like(x)
-            _kernels.ste_grad_into(x.numpy().reshape(view), g.numpy().reshape(view), out.numpy().reshape(view),
-                                   grid.amax_host)
-            return out
-    amax, _ = _amax_like(grid, padded)
+    if (layout.view is not None and grid.amax_host is not None and inputs.dtype == torch.float32
+            and grad.dtype == torch.float32 and inputs.is_cpu and grad.is_cpu and inputs.numel() > 0
+            and _kernels.fused_kernels_available()):
+        x = inputs.contiguous()
+        g = grad.contiguous()
+        out = torch.empty_like(g)
+        _kernels.ste_grad_into(x, g, out, layout.view, grid.amax_host, checked=False)
+        return out
+    amax, _ = _amax_like(grid, layout.padded)
     inside = inputs.float().abs() <= amax
     return torch.where(inside, grad, torch.zeros((), dtype=grad.dtype, device=grad.device))
 
@@ -257,24 +259,24 @@ class _QuantFunction(torch.autograd.Function):
     """Quantize (fake or real) with a straight-through gradient; no gradient to amax."""
 
     @staticmethod
-    def forward(ctx, inputs, grid, padded, fake):
+    def forward(ctx, inputs, grid, layout, fake):
         ctx.save_for_backward(inputs)  # saved as is: no copy
-        ctx.grid, ctx.padded = grid, padded
-        return _forward(inputs, grid, padded, fake)  # the integers of tensor_quant carry the STE gradient too
+        ctx.grid, ctx.layout = grid, layout
+        return _forward(inputs, grid, layout, fake)  # the integers of tensor_quant carry the STE gradient too
 
     @staticmethod
     def backward(ctx, grad):
         (inputs,) = ctx.saved_tensors
-        return _ste_grad(inputs.detach(), ctx.grid, ctx.padded, grad), None, None, None
+        return _ste_grad(inputs, ctx.grid, ctx.layout, grad), None, None, None
 
 
 def quantize_with_grid(inputs: torch.Tensor, grid: QuantGrid, fake: bool = True) -> torch.Tensor:
     """Apply a prepared grid: fake quantization (or the integer grid when ``fake`` is False, or the FP8 value
     grid for an FP8 grid), with the straight-through gradient when autograd needs one."""
-    padded = _padded_shape(inputs, grid.amax)
+    layout = _layout(tuple(inputs.shape), grid.amax_shape)
     if inputs.requires_grad and torch.is_grad_enabled():
-        return _QuantFunction.apply(inputs, grid, padded, fake)
-    return _forward(inputs, grid, padded, fake)
+        return _QuantFunction.apply(inputs, grid, layout, fake)
+    return _forward(inputs, grid, layout, fake)
 
 
 def tensor_quant(inputs: torch.Tensor, amax: torch.Tensor | float, num_bits: int | tuple[int, int] = 8,

@@ -78,10 +78,11 @@ def both(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], Any]], tuple
         real = {name: getattr(_kernels, name) for name in ("fake_quant_into", "quant_into", "ste_grad_into")}
 
         def counting(name: str) -> Callable[..., Any]:
-            def wrapper(*args: Any) -> Any:
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
                 nonlocal calls
                 calls += 1
-                return real[name](*args)
+                kwargs["checked"] = True  # the tests also check the buffers tensor_quant hands over
+                return real[name](*args, **kwargs)
             return wrapper
 
         with monkeypatch.context() as m:
@@ -365,12 +366,31 @@ def test_unsigned_negative_input_raises(axis: tuple[int, ...] | None, path: str)
 
 
 def test_unsigned_negative_detected_in_kernel_pass() -> None:
-    x = np.array([0.5, -0.25, 1.0, -2.0], dtype=np.float32).reshape(1, 1, 4)
-    out = np.empty_like(x)
-    assert _kernels.fake_quant_into(x, out, np.array([255.0], np.float32), 0.0, 255.0) == 2
-    assert _kernels.quant_into(x, out, np.array([255.0], np.float32), 0.0, 255.0) == 2
-    rows = np.array([[[0.5, -1.0], [2.0, 3.0]]], dtype=np.float32)  # [outer 1, channels 2, inner 2]
-    assert _kernels.fake_quant_into(rows, np.empty_like(rows), np.array([1.0, 0.0], np.float32), 0, 255) == 1
+    x = torch.tensor([0.5, -0.25, 1.0, -2.0])
+    out = torch.empty_like(x)
+    assert _kernels.fake_quant_into(x, out, (1, 1, 4), np.array([255.0], np.float32), 0.0, 255.0) == 2
+    assert _kernels.quant_into(x, out, (1, 1, 4), np.array([255.0], np.float32), 0.0, 255.0) == 2
+    rows = torch.tensor([[0.5, -1.0], [2.0, 3.0]])  # [outer 1, channels 2, inner 2]
+    scale = np.array([1.0, 0.0], np.float32)
+    assert _kernels.fake_quant_into(rows, torch.empty_like(rows), (1, 2, 2), scale, 0, 255) == 1
+
+
+@pytest.mark.parametrize("bad", ["float64", "non-contiguous", "wrong-numel", "scale-size"])
+def test_kernels_refuse_bad_buffers(bad: str) -> None:
+    # The kernels read raw addresses: anything but contiguous float32 CPU memory of the right size is refused.
+    x, out, scale = torch.zeros(4, 6), torch.empty(4, 6), np.ones(1, np.float32)
+    if bad == "float64":
+        x = x.double()
+    elif bad == "non-contiguous":
+        x = torch.zeros(6, 4).t()
+    elif bad == "wrong-numel":
+        out = torch.empty(4, 5)
+    else:
+        scale = np.ones(2, np.float32)
+    with pytest.raises(ValueError):
+        _kernels.fake_quant_into(x, out, (1, 1, 24), scale, -128, 127)
+    with pytest.raises(ValueError):
+        _kernels.ste_grad_into(x, torch.zeros(4, 6), out, (1, 1, 24), scale)
 
 
 # ------------------------------------------------------------------------------------------ half types

@@ -1,7 +1,10 @@
 """TensorQuantizer: the module that calibrates, clips and (fake-)quantizes one tensor.
 
-Forward order: disabled? return the input unchanged -> calibrating? feed the calibrator -> clip stage
-(learn_amax) -> quantize (when quantization is on) -> return.
+Forward order: disabled? return the input itself -> calibrating? feed the calibrator (and, with quantization
+off, return the input itself) -> clip stage (learn_amax) -> quantize (when quantization is on) -> return.
+
+A static amax is validated and turned into a scale once (a ``QuantGrid`` cached until the ``_amax`` buffer
+changes: in-place writes, ``load_state_dict``, ``.to()``), so each forward is one fused pass over the tensor.
 
 Example:
     >>> quantizer = TensorQuantizer(QuantDescriptor(num_bits=8, amax=2.0))
@@ -19,11 +22,13 @@ from torch import nn
 
 from quantrewrite.descriptor import QuantDescriptor
 from quantrewrite.nn.modules.clip import Clip
-from quantrewrite.tensor_quant import fake_e4m3_quant, fake_tensor_quant, quant_bounds, tensor_quant
+from quantrewrite.tensor_quant import FP8_E4M3_MAX, QuantGrid, prepare_grid, quant_bounds, quantize_with_grid
 
 __all__ = ["CalibrationError", "TensorQuantizer"]
 
 logger = logging.getLogger(__name__)
+
+HISTOGRAM_METHODS = ("entropy", "percentile", "mse")
 
 
 class CalibrationError(RuntimeError):
@@ -33,19 +38,32 @@ class CalibrationError(RuntimeError):
 def _make_calibrator(desc: QuantDescriptor):
     from quantrewrite import calib
 
+    # Calibrators need an integer grid of >= 1 bit; FP8 calibrates as if 8-bit (amax is what matters).
+    num_bits = 8 if desc.is_fp8 else max(desc.num_bits, 1)
     if desc.calib_method == "histogram":
-        return calib.HistogramCalibrator(desc.num_bits, desc.axis, desc.unsigned)
-    return calib.MaxCalibrator(desc.num_bits if not desc.is_fp8 else 8, desc.axis, desc.unsigned)
+        return calib.HistogramCalibrator(num_bits, desc.axis, desc.unsigned)
+    return calib.MaxCalibrator(num_bits, desc.axis, desc.unsigned)
 
 
 def reduce_amax(inputs: torch.Tensor, axis: tuple[int, ...] | None) -> torch.Tensor:
-    """max |x| over every dim not in ``axis``, keeping dims (so the result broadcasts against x)."""
+    """max |x| (float32) over every dim not in ``axis``, keeping dims so the result broadcasts against x.
+
+    Computed as max(max x, -min x): no |x| temporary.
+    """
     x = inputs.detach()
     if axis is None:
-        return x.abs().max().float()
+        if x.numel() == 0:
+            return torch.zeros((), dtype=torch.float32, device=x.device)
+        lo, hi = torch.aminmax(x)
+        return torch.maximum(hi, -lo).float()
     keep = {d % x.dim() for d in axis}
     reduce = [d for d in range(x.dim()) if d not in keep]
-    return x.abs().amax(dim=reduce, keepdim=True).float() if reduce else x.abs().float()
+    if not reduce:
+        return x.abs().float()
+    if any(x.shape[d] == 0 for d in reduce):
+        shape = [1 if d in reduce else size for d, size in enumerate(x.shape)]
+        return torch.zeros(shape, dtype=torch.float32, device=x.device)
+    return torch.maximum(x.amax(dim=reduce, keepdim=True), -x.amin(dim=reduce, keepdim=True)).float()
 
 
 class TensorQuantizer(nn.Module):
@@ -53,48 +71,75 @@ class TensorQuantizer(nn.Module):
 
     Args:
         quant_desc: the descriptor (default: 8-bit per-tensor, max calibration).
-        disabled: pass inputs through untouched.
+        disabled: pass inputs through untouched (the forward returns the input object itself).
         if_quant: quantize in forward.
-        if_clip: run the clip stage (learn_amax) before quantizing.
+        if_clip: run the clip stage before quantizing. Default: on for learn_amax descriptors (as in
+            pytorch-quantization), which is the only kind that has a clip stage.
         if_calib: feed inputs to the calibrator in forward.
+
+    Raises:
+        TypeError: quant_desc is not a QuantDescriptor.
+        ValueError: if_clip=True for a descriptor without learn_amax.
     """
 
-    def __init__(self, quant_desc: QuantDescriptor = QuantDescriptor(), disabled: bool = False,
-                 if_quant: bool = True, if_clip: bool = False, if_calib: bool = False):
+    def __init__(self, quant_desc: QuantDescriptor | None = None, disabled: bool = False,
+                 if_quant: bool = True, if_clip: bool | None = None, if_calib: bool = False):
         super().__init__()
+        if quant_desc is None:
+            quant_desc = QuantDescriptor()
         if not isinstance(quant_desc, QuantDescriptor):
             raise TypeError(f"quant_desc must be a QuantDescriptor, got {type(quant_desc).__name__}")
+        if if_clip is None:
+            if_clip = quant_desc.learn_amax
+        if if_clip and not quant_desc.learn_amax:
+            raise ValueError("if_clip=True needs a descriptor with learn_amax=True (only those have a clip stage)")
         self._descriptor = quant_desc
         self._disabled = disabled
         self._if_quant = if_quant
-        self._if_clip = False
+        self._if_clip = if_clip
         self._if_calib = if_calib
         self._scale: torch.Tensor | None = None
+        self._grid_cache: tuple[torch.Tensor, int, int, QuantGrid] | None = None
         if quant_desc.amax is not None:
             self.register_buffer("_amax", torch.tensor(quant_desc.amax, dtype=torch.float32))
         if quant_desc.learn_amax:
-            init = quant_desc.amax if quant_desc.amax is not None else 1.0
+            init = float(torch.tensor(quant_desc.amax).max()) if quant_desc.amax is not None else 1.0
             self.clip = Clip(-init, init, learn_min=True, learn_max=True)
-        self._if_clip = if_clip
         self._calibrator = _make_calibrator(quant_desc)
 
     # ---------------------------------------------------------------------------- descriptor properties
     @property
     def quant_desc(self) -> QuantDescriptor:
-        """The descriptor this quantizer was built from."""
+        """The descriptor this quantizer follows."""
         return self._descriptor
 
+    def _replace_descriptor(self, **changes: Any) -> None:
+        self._descriptor = self._descriptor.replace(**changes)
+        self._grid_cache = None
+
     @property
-    def num_bits(self):
+    def num_bits(self) -> int | tuple[int, int]:
         return self._descriptor.num_bits
+
+    @num_bits.setter
+    def num_bits(self, value: int | tuple[int, int]) -> None:
+        self._replace_descriptor(num_bits=value)
 
     @property
     def unsigned(self) -> bool:
         return self._descriptor.unsigned
 
+    @unsigned.setter
+    def unsigned(self, value: bool) -> None:
+        self._replace_descriptor(unsigned=value)
+
     @property
     def narrow_range(self) -> bool:
         return self._descriptor.narrow_range
+
+    @narrow_range.setter
+    def narrow_range(self, value: bool) -> None:
+        self._replace_descriptor(narrow_range=value)
 
     @property
     def axis(self) -> tuple[int, ...] | None:
@@ -118,12 +163,12 @@ class TensorQuantizer(nn.Module):
 
     @property
     def scale(self) -> torch.Tensor | None:
-        """The scale of the last real (fake_quant=False) quantization."""
+        """The scale (max_bound / amax) of the last real (fake_quant=False) quantization, else None."""
         return self._scale
 
     @property
     def maxbound(self) -> float:
-        return 448.0 if self._descriptor.is_fp8 else quant_bounds(self.num_bits, self.unsigned)[1]
+        return FP8_E4M3_MAX if self._descriptor.is_fp8 else quant_bounds(self.num_bits, self.unsigned)[1]
 
     @property
     def is_enabled(self) -> bool:
@@ -145,28 +190,32 @@ class TensorQuantizer(nn.Module):
     @property
     def amax(self) -> torch.Tensor | None:
         """The static range, or None when the range is dynamic (computed per batch)."""
-        return getattr(self, "_amax", None)
+        return self._buffers.get("_amax")
 
     @amax.setter
     def amax(self, value: Any) -> None:
+        """Set the static range: creates the ``_amax`` buffer, or copies into it (same shape only)."""
         if value is None:
             raise ValueError("amax cannot be set to None; use reset_amax() to make the range dynamic")
         value = torch.as_tensor(value).detach().float()
-        if torch.any(value < 0) or not torch.all(torch.isfinite(value)):
+        if not bool((value >= 0).all()) or not bool(torch.isfinite(value).all()):
             raise ValueError(f"amax must be finite and >= 0, got {value}")
         current = self.amax
         if current is None:
             self.register_buffer("_amax", value.clone())
         elif current.shape != value.shape:
-            raise RuntimeError(f"changing shape not allowed: amax has shape {list(current.shape)}, "
-                               f"the new value {list(value.shape)}")
+            # TypeError, as in pytorch-quantization.
+            raise TypeError(f"changing shape not allowed: amax has shape {list(current.shape)}, the new value "
+                            f"{list(value.shape)}")
         else:
-            current.copy_(value)
+            with torch.no_grad():
+                current.copy_(value)
 
     def reset_amax(self) -> None:
         """Forget the static range (back to dynamic) and the calibrator's statistics."""
-        if hasattr(self, "_amax"):
+        if "_amax" in self._buffers:
             del self._amax
+        self._grid_cache = None
         if self._calibrator is not None:
             self._calibrator.reset()
 
@@ -179,8 +228,10 @@ class TensorQuantizer(nn.Module):
                               error_msgs):
         key = prefix + "_amax"
         if key in state_dict and self.amax is None:
-            # A checkpoint calibrated elsewhere: create the buffer where the tensor is (CPU included).
-            self.register_buffer("_amax", torch.empty_like(state_dict[key], dtype=torch.float32))
+            # A checkpoint calibrated elsewhere: create the buffer where the checkpoint's tensor is (CPU
+            # included; pytorch-quantization forced CUDA here), then the default loader copies into it.
+            source = state_dict[key]
+            self.register_buffer("_amax", torch.empty(source.shape, dtype=torch.float32, device=source.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -206,15 +257,25 @@ class TensorQuantizer(nn.Module):
         self._if_calib = False
 
     def enable_clip(self) -> None:
+        """Run the clip stage (learn_amax quantizers only); its bounds train."""
         if not hasattr(self, "clip"):
             raise ValueError("the clip stage exists only for learn_amax quantizers")
+        self.clip.clip_value_min.requires_grad_(True)
+        self.clip.clip_value_max.requires_grad_(True)
         self._if_clip = True
 
     def disable_clip(self) -> None:
+        """Skip the clip stage; its bounds are frozen until enable_clip()."""
+        if hasattr(self, "clip"):
+            self.clip.clip_value_min.requires_grad_(False)
+            self.clip.clip_value_max.requires_grad_(False)
         self._if_clip = False
 
     def init_learn_amax(self) -> None:
-        """Start the learned clip bounds at [-amax, amax] of the calibrated range and enable the clip stage."""
+        """Start the learned clip bounds at [-amax, amax] of the calibrated range and enable the clip stage.
+
+        A per-channel amax starts the (scalar) bounds at its max.
+        """
         if not self.learn_amax:
             raise ValueError("init_learn_amax() needs a descriptor with learn_amax=True")
         if self.amax is None:
@@ -229,68 +290,89 @@ class TensorQuantizer(nn.Module):
     def load_calib_amax(self, method: str | None = None, *, strict: bool = True, **kwargs: Any):
         """Set amax from the calibrator's statistics.
 
-        Max calibrators take no method; histogram calibrators need "entropy", "percentile" or "mse"
-        (keyword arguments go to ``compute_amax``, e.g. ``percentile=99.9``).
+        Max calibrators take no method (and no options); histogram calibrators need "entropy",
+        "percentile" or "mse" (keyword arguments go to ``compute_amax``, e.g. ``percentile=99.9``).
 
         Returns the new amax, or None when the calibrator saw no data and ``strict`` is False (amax is then
-        left unchanged). With ``strict`` a calibrator that saw no data raises CalibrationError.
+        left unchanged and a warning logged). With ``strict`` a calibrator that saw no data raises
+        CalibrationError.
+
+        Example:
+            >>> quantizer.enable_calib(); quantizer.disable_quant()
+            >>> for batch in data: quantizer(batch)
+            >>> quantizer.load_calib_amax()            # max calibrator
+            >>> quantizer.load_calib_amax("percentile", percentile=99.99)   # histogram calibrator
         """
         from quantrewrite import calib
 
         if self._calibrator is None:
             raise CalibrationError("this quantizer has no calibrator")
         if isinstance(self._calibrator, calib.MaxCalibrator):
-            if method not in (None, "max"):
-                raise ValueError(f"method {method!r} given, but this quantizer uses a MaxCalibrator, which "
-                                 "takes no method")
+            if method not in (None, "max") or kwargs:
+                given = repr(method) if method not in (None, "max") else f"options {sorted(kwargs)}"
+                raise ValueError(f"{given} given, but this quantizer uses a MaxCalibrator, which takes no "
+                                 "method or options; use calib_method='histogram' for entropy/percentile/mse")
             amax = self._calibrator.compute_amax()
         else:
             if method is None:
-                raise ValueError("a histogram calibrator needs a method: 'entropy', 'percentile' or 'mse'")
+                raise ValueError(f"a histogram calibrator needs a method: one of {list(HISTOGRAM_METHODS)}")
             amax = self._calibrator.compute_amax(method, **kwargs)
         if amax is None:
-            message = ("calibrator saw no data: no batch reached this quantizer while calibration was on "
-                       "(an unused branch?); its amax is unchanged")
+            message = (f"{type(self._calibrator).__name__} saw no data: no batch reached this quantizer while "
+                       "calibration was on (an unused branch?)")
             if strict:
-                raise CalibrationError(message)
-            logger.warning(message)
+                raise CalibrationError(message + "; pass strict=False to keep its amax unchanged")
+            logger.warning("%s; its amax is unchanged", message)
             return None
         device = self.amax.device if self.amax is not None else amax.device
         self.amax = amax.to(device)
         return self.amax
 
     # ------------------------------------------------------------------------------------------ forward
-    def _current_amax(self, inputs: torch.Tensor) -> torch.Tensor:
-        if self._if_clip and hasattr(self, "clip"):
+    def _static_grid(self, amax: torch.Tensor, inputs: torch.Tensor) -> QuantGrid:
+        """The grid of the ``_amax`` buffer, rebuilt only when the buffer object, its version (in-place writes,
+        load_state_dict) or the input's device changes: the hot path does no validation, division or sync."""
+        device_key = -1 if inputs.is_cpu else inputs.get_device()
+        cache = self._grid_cache
+        if cache is None or cache[0] is not amax or cache[1] != amax._version or cache[2] != device_key:
+            grid = self._make_grid(amax.to(inputs.device), inputs.device)
+            cache = self._grid_cache = (amax, amax._version, device_key, grid)
+        return cache[3]
+
+    def _make_grid(self, amax: torch.Tensor, device: torch.device) -> QuantGrid:
+        desc = self._descriptor
+        if desc.scale_amax is not None:
+            amax = amax * desc.scale_amax
+        return prepare_grid(amax, desc.num_bits, desc.unsigned, desc.narrow_range, device)
+
+    def _grid(self, inputs: torch.Tensor) -> QuantGrid:
+        if self._if_clip:
             amax = torch.maximum(-self.clip.clip_value_min, self.clip.clip_value_max).detach()
-        elif self.amax is not None:
-            amax = self.amax
-        else:
-            amax = reduce_amax(inputs, self.axis)
-        if self.scale_amax is not None:
-            amax = amax * self.scale_amax
-        return amax.to(inputs.device)
+            return self._make_grid(amax.to(inputs.device), inputs.device)
+        amax = self._buffers.get("_amax")
+        if amax is not None:
+            return self._static_grid(amax, inputs)
+        return self._make_grid(reduce_amax(inputs, self._descriptor.axis), inputs.device)
 
     def _quant_forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if torch.onnx.is_in_onnx_export():  # torch's own flag: emit QuantizeLinear/DequantizeLinear (export.py)
             from quantrewrite.export import quantize_for_export
 
             return quantize_for_export(self, inputs)
-        amax = self._current_amax(inputs)
-        desc = self._descriptor
-        if desc.is_fp8:
-            return fake_e4m3_quant(inputs, amax)
-        if desc.fake_quant:
-            return fake_tensor_quant(inputs, amax, desc.num_bits, desc.unsigned, desc.narrow_range)
-        outputs, self._scale = tensor_quant(inputs, amax, desc.num_bits, desc.unsigned, desc.narrow_range)
-        return outputs
+        grid = self._grid(inputs)
+        if self._descriptor.fake_quant:
+            return quantize_with_grid(inputs, grid, fake=True)
+        self._scale = grid.scale
+        return quantize_with_grid(inputs, grid, fake=False)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if self._disabled:
             return inputs
-        outputs = inputs
         if self._if_calib:
             self._calibrator.collect(inputs)
+            if not self._if_quant:
+                return inputs  # a calibration pass: later layers see float activations
+        outputs = inputs
         if self._if_clip:
             outputs = self.clip(outputs)
         if self._if_quant:
