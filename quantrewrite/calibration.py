@@ -26,7 +26,7 @@ from quantrewrite import calib
 from quantrewrite.calib import distributed
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 
-__all__ = ["CalibrationResult", "HISTOGRAM_METHODS", "calibrate", "calibration", "load_calib_amax"]
+__all__ = ["HISTOGRAM_METHODS", "CalibrationResult", "calibrate", "calibration", "load_calib_amax"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,9 @@ def load_calib_amax(model: nn.Module, method: str = "entropy", *, percentile: fl
     distributed.synchronize(list(quantizers.values()))
     result = CalibrationResult(skipped=skipped, method=method)
     for name, quantizer in quantizers.items():
+        if quantizer.calibrator.num_batches == 0:
+            result.no_data.append(name)
+            continue
         if isinstance(quantizer.calibrator, calib.HistogramCalibrator):
             options = dict(kwargs)
             if method == "percentile":

@@ -42,18 +42,19 @@ class BasicBlock(nn.Module):
 
 
 class ResidualCNN(nn.Module):
-    """Stem, ``num_blocks`` basic blocks (the channels double at the middle block), an
-    ``F.adaptive_avg_pool2d`` head and a linear classifier."""
+    """Stem, ``num_blocks`` basic blocks (the channels double at the middle block unless ``widen=False``),
+    an ``F.adaptive_avg_pool2d`` head and a linear classifier."""
 
-    def __init__(self, num_blocks: int = 4, width: int = 16, num_classes: int = 10, in_channels: int = 3):
+    def __init__(self, num_blocks: int = 4, width: int = 16, num_classes: int = 10, in_channels: int = 3,
+                 widen: bool = True):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(width)
         blocks, channels = [], width
         for index in range(num_blocks):
-            widen = num_blocks > 1 and index == num_blocks // 2
-            blocks.append(BasicBlock(channels, channels * 2 if widen else channels, 2 if widen else 1))
-            channels = channels * 2 if widen else channels
+            doubles = widen and num_blocks > 1 and index == num_blocks // 2
+            blocks.append(BasicBlock(channels, channels * 2 if doubles else channels, 2 if doubles else 1))
+            channels = channels * 2 if doubles else channels
         self.layers = nn.Sequential(*blocks)
         self.fc = nn.Linear(channels, num_classes)
 

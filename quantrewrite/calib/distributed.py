@@ -6,10 +6,10 @@ identical statistics and so identical amax:
 
 * max calibrators: the element-wise max of the ranks' running amax (exactly what one process would get on
   the union of the data);
-* histogram calibrators: the ranks' histograms are re-binned onto one common grid, whose bin width is the
-  widest of the ranks' widths and which reaches the largest range; each source bin's count goes to the
-  common bin holding the source bin's centre (so an amax can move by at most one bin against a single process
-  that saw all the data; with equal widths the merge is exact).
+* histogram calibrators: the ranks' histograms are re-binned onto one common grid, the first rank's (its bin
+  width, grown to reach the largest range), as if one process had seen the ranks' data in rank order; the
+  other ranks' counts are spread over it through their cumulative counts (see ``merge_histograms``), so an
+  amax lands within about one bin of that single process's (exactly the same when the widths agree).
 """
 
 from __future__ import annotations
@@ -41,23 +41,42 @@ def _state(calibrator: Any) -> tuple:
     return ("other",)
 
 
+def _cumulative_at(points: torch.Tensor, width: float, counts: torch.Tensor) -> torch.Tensor:
+    """The histogram's cumulative count at ``points``, linear inside each bin (float64)."""
+    cdf = torch.cat([torch.zeros(1, dtype=torch.float64), counts.double().cumsum(0)])
+    position = (points / width).clamp(0, counts.numel())
+    low = position.floor().long().clamp(max=counts.numel() - 1)
+    fraction = position - low.double()
+    return cdf[low] + fraction * counts.double()[low]
+
+
 def merge_histograms(states: Sequence[tuple[float | None, torch.Tensor | None, int]], num_bins: int):
-    """Merge (base_max, counts, zeros) histograms; returns (base_max, counts) or (None, zeros) if all empty."""
+    """Merge (base_max, counts, zeros) histograms; returns (base_max, counts) or (None, zeros) if all empty.
+
+    The common grid is the first non-empty rank's (its bin width, grown to the largest range), so the result
+    matches one process that saw the ranks' data in rank order. Another rank's counts are re-binned through
+    its cumulative count, interpolated linearly inside its bins and rounded, so totals are kept exactly and
+    the cumulative counts move by less than one of its bins.
+    """
     filled = [(base, counts) for base, counts, _ in states if counts is not None]
     zeros = sum(z for _, _, z in states)
     if not filled:
         return None, zeros
-    width = max(base / num_bins for base, _ in filled)
-    top = max(base / num_bins * counts.numel() for base, counts in filled)
-    nbins = max(num_bins, math.ceil(top / width - 1e-9))
+    base = filled[0][0]
+    width = base / num_bins
+    top = max(b / num_bins * counts.numel() for b, counts in filled)
+    nbins = max(filled[0][1].numel(), math.ceil(top / width - 1e-9))
+    edges = torch.arange(nbins + 1, dtype=torch.float64) * width
     merged = torch.zeros(nbins, dtype=torch.int64)
-    for base, counts in filled:
-        source_width = base / num_bins
-        centres = (torch.arange(counts.numel(), dtype=torch.float64) + 0.5) * source_width
-        index = torch.clamp((centres / width).floor().long(), 0, nbins - 1)
-        merged.index_add_(0, index, counts.to(torch.int64))
+    for source_base, counts in filled:
+        source_width = source_base / num_bins
+        if source_width == width:
+            merged[:counts.numel()] += counts.to(torch.int64)
+            continue
+        cumulative = torch.round(_cumulative_at(edges, source_width, counts)).long()
+        merged += cumulative.diff()
     merged[0] += zeros
-    return width * num_bins, merged
+    return base, merged
 
 
 def _apply(calibrator: Any, states: list[tuple]) -> None:
