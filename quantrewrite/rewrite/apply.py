@@ -3,7 +3,8 @@
 Everything that can fail (building Quant modules and quantizers) happens before the first change to the
 model, so a failure leaves the model as it was. A traced scope becomes a GraphModule only when one of its
 op sites gets quantizers; it keeps the original module's children, parameters and buffers (also those its
-forward never touches), so state_dict keys do not change.
+forward never touches), so state_dict keys do not change, and its plain attributes, which an untraced
+parent's forward may read.
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ def _graph_module(module: nn.Module, graph: fx.Graph) -> fx.GraphModule:
     for name, buf in module.named_buffers(recurse=False):
         if name not in gm._buffers:
             gm.register_buffer(name, buf, persistent=name not in module._non_persistent_buffers_set)
+    for name, value in vars(module).items():  # plain attributes, which untraced code may still read
+        if name not in vars(gm) and name != "forward":
+            gm.__dict__[name] = value
     gm.train(module.training)
     gm.graph.lint()
     return gm
