@@ -271,3 +271,38 @@ def test_concrete_args_make_the_none_default_scope_trace():
     _assert_float_when_disabled(model, qmodel, x)
     with pytest.raises(AssertionError, match="specialized to have value None"):
         qmodel(x, torch.randn(2, 3, 4))
+
+
+class Scaled(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = 2.0
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.matmul(self.fc(x), x.transpose(-1, -2)) * self.scale
+
+
+class ReadsChildAttribute(nn.Module):
+    """An untraced root whose Python forward reads a plain attribute of a child that traces."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = Scaled()
+
+    def forward(self, x):
+        if x.sum() > 0:
+            x = -x
+        return self.block(x) / self.block.scale
+
+
+def test_a_traced_child_keeps_the_attributes_its_untraced_parent_reads():
+    torch.manual_seed(0)
+    model = ReadsChildAttribute().eval()
+    qmodel = quantize_model(model)
+    assert isinstance(qmodel.block, fx.GraphModule) and qmodel.quant_plan["block.matmul"].quantized
+    assert qmodel.block.scale == 2.0
+    x = torch.randn(3, 4)
+    with torch.no_grad():
+        assert qmodel(x).shape == (3, 3)
+    _assert_float_when_disabled(model, qmodel, x)
