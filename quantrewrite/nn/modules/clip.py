@@ -10,7 +10,7 @@ __all__ = ["Clip", "clip"]
 
 class _ClipFunction(torch.autograd.Function):
     """y = clamp(x, lo, hi). grad_x passes where lo < x < hi; grad_lo = sum(grad where x <= lo) and
-    grad_hi = sum(grad where x >= hi)."""
+    grad_hi = sum(grad where x >= hi), summed in float32."""
 
     @staticmethod
     def forward(ctx, inputs, clip_min, clip_max):
@@ -20,17 +20,32 @@ class _ClipFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         inputs, clip_min, clip_max = ctx.saved_tensors
-        below = inputs <= clip_min
-        above = inputs >= clip_max
+        below = inputs <= clip_min.to(inputs.dtype)
+        above = inputs >= clip_max.to(inputs.dtype)
         zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
-        grad_inputs = torch.where(below | above, zero, grad)
-        grad_min = torch.where(below, grad, zero).sum().reshape(clip_min.shape).to(clip_min.dtype)
-        grad_max = torch.where(above, grad, zero).sum().reshape(clip_max.shape).to(clip_max.dtype)
+        grad_inputs = torch.where(below | above, zero, grad) if ctx.needs_input_grad[0] else None
+        grad_min = grad_max = None
+        if ctx.needs_input_grad[1]:
+            grad_min = torch.where(below, grad, zero).sum(dtype=torch.float32)
+            grad_min = grad_min.reshape(clip_min.shape).to(clip_min.dtype)
+        if ctx.needs_input_grad[2]:
+            grad_max = torch.where(above, grad, zero).sum(dtype=torch.float32)
+            grad_max = grad_max.reshape(clip_max.shape).to(clip_max.dtype)
         return grad_inputs, grad_min, grad_max
 
 
-def clip(inputs: torch.Tensor, clip_min: torch.Tensor, clip_max: torch.Tensor) -> torch.Tensor:
-    """Clamp with gradients to the two bounds (see _ClipFunction)."""
+def clip(inputs: torch.Tensor, clip_min: torch.Tensor | float, clip_max: torch.Tensor | float) -> torch.Tensor:
+    """Clamp with gradients to the two bounds (see _ClipFunction).
+
+    Example:
+        >>> lo = torch.tensor(-1.0, requires_grad=True)
+        >>> hi = torch.tensor(1.0, requires_grad=True)
+        >>> clip(torch.tensor([-2.0, 0.5, 3.0]), lo, hi).sum().backward()
+        >>> lo.grad.item(), hi.grad.item()
+        (1.0, 1.0)
+    """
+    clip_min = torch.as_tensor(clip_min, dtype=torch.float32, device=inputs.device)
+    clip_max = torch.as_tensor(clip_max, dtype=torch.float32, device=inputs.device)
     return _ClipFunction.apply(inputs, clip_min, clip_max)
 
 

@@ -55,7 +55,7 @@ def reduce_amax(inputs: torch.Tensor, axis: tuple[int, ...] | None) -> torch.Ten
         if x.numel() == 0:
             return torch.zeros((), dtype=torch.float32, device=x.device)
         lo, hi = torch.aminmax(x)
-        return torch.maximum(hi, -lo).float()
+        return torch.maximum(hi, -lo).float() + 0.0  # + 0.0: an all-zero tensor gives 0.0, not -0.0
     keep = {d % x.dim() for d in axis}
     reduce = [d for d in range(x.dim()) if d not in keep]
     if not reduce:
@@ -63,7 +63,7 @@ def reduce_amax(inputs: torch.Tensor, axis: tuple[int, ...] | None) -> torch.Ten
     if any(x.shape[d] == 0 for d in reduce):
         shape = [1 if d in reduce else size for d, size in enumerate(x.shape)]
         return torch.zeros(shape, dtype=torch.float32, device=x.device)
-    return torch.maximum(x.amax(dim=reduce, keepdim=True), -x.amin(dim=reduce, keepdim=True)).float()
+    return torch.maximum(x.amax(dim=reduce, keepdim=True), -x.amin(dim=reduce, keepdim=True)).float() + 0.0
 
 
 class TensorQuantizer(nn.Module):
@@ -384,9 +384,10 @@ class TensorQuantizer(nn.Module):
         amax = self.amax
         if amax is None:
             return "dynamic"
+        # + 0.0 prints an amax of -0.0 (max(x_max, -x_min) of an all-zero channel) as 0.0000
         if amax.numel() == 1:
-            return f"{amax.item():.4f}"
-        return f"[{amax.min().item():.4f}, {amax.max().item():.4f}]({amax.numel()})"
+            return f"{amax.item() + 0.0:.4f}"
+        return f"[{amax.min().item() + 0.0:.4f}, {amax.max().item() + 0.0:.4f}]({amax.numel()})"
 
     def extra_repr(self) -> str:
         if self._disabled:
