@@ -181,9 +181,10 @@ def _arg_slots(node: fx.Node, spec: registry.FunctionSpec, cache: dict) -> list[
             location, value = ("kwargs", arg.keyword), node.kwargs[arg.keyword]
         else:
             continue
-        if arg.each and isinstance(value, (list, tuple)):
-            found.extend((arg, location, i, v) for i, v in enumerate(value)
-                         if isinstance(v, fx.Node) and not _is_scalar(v, cache))
+        if arg.each:  # a single node here is a whole sequence (x.chunk(...)): no tensor to quantize
+            if isinstance(value, (list, tuple)):
+                found.extend((arg, location, i, v) for i, v in enumerate(value)
+                             if isinstance(v, fx.Node) and not _is_scalar(v, cache))
         elif isinstance(value, fx.Node) and not _is_scalar(value, cache):
             found.append((arg, location, None, value))
     return found
