@@ -185,6 +185,8 @@ def _arg_slots(node: fx.Node, spec: registry.FunctionSpec, cache: dict) -> list[
             if isinstance(value, (list, tuple)):
                 found.extend((arg, location, i, v) for i, v in enumerate(value)
                              if isinstance(v, fx.Node) and not _is_scalar(v, cache))
+        elif isinstance(value, (list, tuple)):
+            return []  # a sequence where a tensor belongs: `(h,) + outputs[1:]` concatenates tuples
         elif isinstance(value, fx.Node) and not _is_scalar(value, cache):
             found.append((arg, location, None, value))
     return found
