@@ -457,3 +457,28 @@ def test_cat_of_a_sequence_node_is_left_float_and_runs():
         assert qmodel(x).shape == (2, 4)
         disable_quantizers(qmodel, "*")
         assert torch.equal(qmodel(x), CatOfChunks()(x))
+
+
+class TupleConcat(nn.Module):
+    """The HF idiom ``(hidden,) + outputs[1:]``: an add of sequences, not of tensors."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(4, 2)
+
+    def forward(self, x):
+        out = self.attn(x, x, x)
+        return (out[0] + x,) + out[1:]
+
+
+def test_sequence_concatenation_is_not_quantized():
+    torch.manual_seed(0)
+    model = TupleConcat().eval()
+    qmodel = quantize_model(model, ADD_ON)
+    plan = qmodel.quant_plan
+    assert plan["add"].quantizers == ("add_input_quantizer", "add_input1_quantizer")
+    assert (plan["add_1"].action, plan["add_1"].reason) == ("skip", "no tensor operands")
+    x = torch.randn(3, 2, 4)
+    with torch.no_grad():
+        out = qmodel(x)
+    assert len(out) == 2 and out[0].shape == x.shape
