@@ -15,11 +15,13 @@ from quantrewrite.api import (
     quantize_model,
     summary,
 )
+from quantrewrite.calibration import calibrate
 from quantrewrite.config import QuantConfig, QuantConfigError, available_presets, load_config
 from quantrewrite.descriptor import QuantDescriptor, QuantDescriptorError
 from quantrewrite.export import ExportError, ExportReport, export_onnx
 from quantrewrite.nn import TensorQuantizer
 from quantrewrite.plan import Plan, PlanEntry
+from quantrewrite.recipe import load_recipe, save_recipe
 from quantrewrite.registry import (
     ArgSpec,
     RegistryError,
@@ -47,16 +49,19 @@ __all__ = [
     "__version__",
     "available_presets",
     "calib",
+    "calibrate",
     "disable_quantizers",
     "enable_quantizers",
     "export_onnx",
     "list_quantizers",
     "load_config",
+    "load_recipe",
     "nn",
     "plan",
     "quantize_model",
     "register_quant_function",
     "register_quant_module",
+    "save_recipe",
     "summary",
     "tensor_quant",
     "unregister_quant_function",
