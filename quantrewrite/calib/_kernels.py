@@ -1,8 +1,9 @@
 """Numba kernels for the histogram calibrator: counting, MSE sweep, KL-divergence sweep.
 
-Each kernel has a plain numpy twin (``*_numpy``) that gives the same answers where numba is missing or
-``QUANTREWRITE_EAGER=1`` is set (see ``quantrewrite._kernels.fused_kernels_available``). The twins are also
-what the tests compare the kernels against.
+The two sweeps have plain numpy twins (``*_numpy``) that pick the same amax where numba is missing or
+``QUANTREWRITE_EAGER=1`` is set (see ``quantrewrite._kernels.fused_kernels_available``); counting falls back
+to the torch path in ``histogram.py``, which is also the CUDA path. The tests check both against slow
+literal references.
 
 Bins follow numpy's convention: bin ``b`` holds ``edges[b] <= a < edges[b + 1]``, the last bin also holds
 its right edge. Edges are ``edges[k] = base_max * k / base_bins`` in float64, so a first guess
