@@ -4,6 +4,7 @@
 exact histogram of |x| and picks amax by entropy (KL divergence), mse or percentile.
 
 Example:
+    >>> import torch
     >>> from quantrewrite import calib
     >>> c = calib.HistogramCalibrator()
     >>> c.collect(torch.randn(1000).relu())
