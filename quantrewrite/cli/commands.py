@@ -1,0 +1,130 @@
+"""The subcommands: each takes the parsed arguments, prints its result and returns an exit status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quantrewrite.api import plan, quantize_model, summary
+from quantrewrite.calibration import calibrate
+from quantrewrite.cli.inputs import CLIError, check_model_accepts, load_batches, load_model, parse_shape
+from quantrewrite.config import QuantConfig, QuantConfigError, load_config
+
+__all__ = ["run_demo", "run_plan", "run_quantize", "run_validate"]
+
+
+def _out(*lines: str) -> None:
+    for line in lines:
+        print(line)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """``quantrewrite plan MODEL [--config C] [--strict]``."""
+    load_config(args.config)  # a bad config is reported before the model is built
+    model = load_model(args.model)
+    _out(str(plan(model, args.config, strict=args.strict)))
+    return 0
+
+
+def _check_onnx_available() -> None:
+    missing = []
+    for name in ("onnx", "onnxruntime"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise CLIError(f"--onnx needs {' and '.join(missing)} (pip install -c constraints.txt "
+                       "'quantrewrite[onnx]')")
+
+
+def _example_input(args: argparse.Namespace, batches: list[Any]) -> Any:
+    if args.input_shape is None:
+        return batches[0]
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(parse_shape(args.input_shape, "--input-shape"), generator=generator)
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    """``quantrewrite quantize MODEL --config C --calib DATA ...``: quantize, calibrate, write recipe (and ONNX)."""
+    if args.input_shape is not None:
+        parse_shape(args.input_shape, "--input-shape")
+    if args.onnx is not None:
+        _check_onnx_available()
+    load_config(args.config)
+    model = load_model(args.model)
+    batches = load_batches(args.calib, args.batch_size, args.num_batches)
+    check_model_accepts(model, batches[0], f"the first batch of {args.calib}")
+    example = _example_input(args, batches)
+    if args.input_shape is not None:
+        check_model_accepts(model, example, "--input-shape")
+    if args.onnx is not None and isinstance(example, dict):
+        raise CLIError("--onnx: the example input is a dict of tensors; give --input-shape or tensor batches")
+    recipe_path = Path(args.recipe or f"{args.model.rpartition(':')[2].replace('.', '_')}.recipe.yaml")
+    for option, path in (("--recipe", recipe_path), ("--onnx", args.onnx)):
+        if path is not None and not Path(path).resolve().parent.is_dir():
+            raise CLIError(f"{option}: the folder of {path} does not exist")
+
+    qmodel = quantize_model(model, args.config, strict=args.strict)
+    counts = qmodel.quant_plan.counts()
+    _out(f"quantized {counts['modules quantized']} modules and {counts['ops quantized']} ops "
+         f"({counts['quantizers']} quantizers, config: {qmodel.quant_plan.config_source})")
+    result = calibrate(qmodel, batches, method=args.method, percentile=args.percentile,
+                       num_batches=args.num_batches, progress=True)
+    _out(f"calibrated {len(result.calibrated)} quantizers on {result.batches} batches in {result.seconds:.1f} s "
+         f"(histogram method: {result.method})", "", summary(qmodel), "")
+
+    from quantrewrite.recipe import save_recipe
+
+    _out(f"recipe: {save_recipe(qmodel, recipe_path)}")
+    if args.onnx is not None:
+        from quantrewrite.export import export_onnx
+
+        _out(str(export_onnx(qmodel, example, args.onnx, verify=True)))
+    return 0
+
+
+def _fields(descriptor: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in descriptor.items()) or "the Quant classes' defaults"
+
+
+def _describe(config: QuantConfig) -> str:
+    data = config.to_dict()
+    defaults = data.get("defaults", {})
+    sections = [f"{key} {len(data.get(key) or [])}" for key in ("modules", "functions", "layers", "disable")]
+    return (f"OK: {config.source} (version {data.get('version')}): input: {_fields(defaults.get('input', {}))}; "
+            f"weight: {_fields(defaults.get('weight', {}))}; entries: {', '.join(sections)}")
+
+
+def run_validate(args: argparse.Namespace) -> int:
+    """``quantrewrite validate CONFIG [--model MODEL] [--strict]``: every located error, or an OK summary."""
+    try:
+        config = load_config(args.config)
+    except QuantConfigError as error:
+        located = [f"{args.config}: {path}: {message}" if path else f"{args.config}: {message}"
+                   for path, message in error.errors]
+        if len(located) == 1:
+            raise CLIError(located[0]) from error
+        for line in located:
+            print(line, file=sys.stderr)
+        raise CLIError(f"{args.config}: {len(located)} problems") from error
+    warnings = []
+    if args.model is not None:
+        warnings = plan(load_model(args.model), config, strict=args.strict).warnings
+    _out(_describe(config))
+    if args.model is not None:
+        _out(f"every layers/disable pattern matches in {args.model}" if not warnings else
+             f"{len(warnings)} pattern(s) match nothing in {args.model} (see the warnings)")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """``quantrewrite demo``."""
+    from quantrewrite.demo import demo
+
+    demo()
+    return 0

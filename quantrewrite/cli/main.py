@@ -1,0 +1,167 @@
+"""The argument parser and ``main``: run a subcommand, turn every failure into one line on stderr."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+from quantrewrite.api import RewriteError
+from quantrewrite.calibration import HISTOGRAM_METHODS
+from quantrewrite.cli import commands
+from quantrewrite.cli.inputs import CLIError, UsageError
+from quantrewrite.config import QuantConfigError
+from quantrewrite.export import ExportError
+from quantrewrite.recipe import RecipeError
+
+__all__ = ["build_parser", "main"]
+
+PROG = "quantrewrite"
+
+MODEL_HELP = ("the float model: 'package.module:factory' or 'path/to/file.py:factory'; factory() is called "
+              "without arguments and must return a torch.nn.Module")
+EPILOG = """examples:
+  quantrewrite demo
+  quantrewrite plan my_models.py:build_resnet --config int8_default
+  quantrewrite quantize my_models.py:build_resnet --config my.yaml --calib calib.pt --method percentile \\
+      --recipe resnet.recipe.yaml --onnx resnet.onnx
+  quantrewrite validate my.yaml
+
+presets: int8_default, int8_max, w4a8 (quantrewrite/configs/); run 'quantrewrite COMMAND --help' for more."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors raised as UsageError so that main prints them as one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
+def _percentile(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 100], got {text!r}") from None
+    if not 0 < value <= 100:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 100], got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``quantrewrite`` parser with its subcommands plan, quantize, validate and demo."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show the full traceback of an error")
+    parser = _Parser(prog=PROG, description="Fake-quantize PyTorch models: plan, quantize and calibrate, "
+                     "validate configs, and a demo.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    from quantrewrite import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("plan", parents=[common], help="print what quantize would do to every module and op",
+                       description="Dry run: print the plan table (every module and functional op site, "
+                       "quantized or skipped, and why). Changes nothing.")
+    p.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    p.add_argument("--config", "-c", default="int8_default", metavar="C",
+                   help="a preset name or a YAML file (default: int8_default)")
+    p.add_argument("--strict", action="store_true",
+                   help="fail on scopes that do not trace and on config patterns that match nothing")
+    p.set_defaults(run=commands.run_plan)
+
+    q = sub.add_parser("quantize", parents=[common], help="quantize and calibrate; write a recipe (and ONNX)",
+                       description="Quantize MODEL with a config, calibrate it on DATA, write the recipe and "
+                       "optionally a verified ONNX file, and print the summary of every quantizer.")
+    q.add_argument("model", metavar="MODEL", help=MODEL_HELP)
+    q.add_argument("--config", "-c", required=True, metavar="C", help="a preset name or a YAML file")
+    q.add_argument("--calib", required=True, metavar="DATA",
+                   help="calibration data: a .pt file (torch.load(weights_only=True)) holding one tensor, split "
+                   "along dim 0 into batches, or a list of batches (tensors, tuples or dicts of tensors); "
+                   "'digits' (the shipped 8x8 digits, for quantrewrite.demo_model:DigitsCNN); or "
+                   "'random:SHAPE', e.g. random:8x3x32x32 (seeded normal batches of that shape)")
+    q.add_argument("--method", choices=HISTOGRAM_METHODS, default="entropy",
+                   help="how histogram calibrators pick amax (default: entropy); max calibrators take the max")
+    q.add_argument("--percentile", type=_percentile, default=99.99, metavar="P",
+                   help="the percentile for --method percentile (default: 99.99)")
+    q.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
+                   help="batch size for a file holding one tensor (default 32) and for 'digits' (default 64)")
+    q.add_argument("--num-batches", type=_positive_int, default=None, metavar="N",
+                   help="calibrate on the first N batches (random:SHAPE: make N batches, default 4)")
+    q.add_argument("--recipe", metavar="OUT.yaml", help="where to write the recipe (default: FACTORY.recipe.yaml)")
+    q.add_argument("--onnx", metavar="OUT.onnx",
+                   help="also export ONNX with Q/DQ pairs and check it against onnxruntime (needs the onnx extra)")
+    q.add_argument("--input-shape", metavar="SHAPE",
+                   help="example input for the export, e.g. 1x3x224x224 (seeded normal values; default: the "
+                   "first calibration batch)")
+    q.add_argument("--strict", action="store_true",
+                   help="fail on scopes that do not trace and on config patterns that match nothing")
+    q.set_defaults(run=commands.run_quantize)
+
+    v = sub.add_parser("validate", parents=[common], help="check a config and print every located error",
+                       description="Check a YAML config or a preset name: print every error with its place, or "
+                       "an OK summary. With --model, also check that every layers/disable pattern matches.")
+    v.add_argument("config", metavar="CONFIG", help="a YAML file or a preset name")
+    v.add_argument("--model", metavar="MODEL", help=MODEL_HELP)
+    v.add_argument("--strict", action="store_true", help="with --model: a pattern that matches nothing is an error")
+    v.set_defaults(run=commands.run_validate)
+
+    d = sub.add_parser("demo", parents=[common], help="quantize a digits CNN end to end (no network needed)",
+                       description="The shipped digits CNN: plan, calibrate with max/entropy/percentile/mse, "
+                       "int8 and w4a8 accuracy and SQNR, and a verified ONNX export of the best int8 model.")
+    d.set_defaults(run=commands.run_demo)
+    return parser
+
+
+# errors whose message says all: shown without their type or a hint
+_REPORTED = (CLIError, QuantConfigError, RecipeError, ExportError, RewriteError, OSError)
+
+
+def _one_line(text: str) -> str:
+    return "; ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``quantrewrite`` command; returns the exit status (0 ok, 1 error, 2 usage error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except UsageError as error:
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        return error.exit_code
+    except SystemExit as exit_:  # --help, --version
+        return exit_.code if isinstance(exit_.code, int) else 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.showwarning = _show_warning
+        try:
+            return args.run(args)
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except Exception as error:
+            if args.debug:
+                raise
+            code = error.exit_code if isinstance(error, CLIError) else 1
+            if isinstance(error, _REPORTED) and str(error):
+                text = _one_line(error)
+            else:  # unexpected: say what it was and how to see where
+                text = f"{type(error).__name__}: {_one_line(error)} (--debug shows the traceback)"
+            print(f"{PROG}: error: {text}", file=sys.stderr)
+            return code
