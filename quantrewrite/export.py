@@ -122,8 +122,9 @@ def quantize_for_export(quantizer: TensorQuantizer, inputs: torch.Tensor) -> tor
     in magnitude. ``export_onnx`` warns about both (TensorRT wants positive scales).
     """
     problems = _quantizer_problems(quantizer)
-    if problems:
-        raise ExportError(_problems_message({"<quantizer>": problems}), {"<quantizer>": problems})
+    if problems:  # torch.onnx.export called directly: the quantizer's name is unknown here
+        label = f"TensorQuantizer({quantizer.extra_repr()})"
+        raise ExportError(_problems_message({label: problems}), {label: problems})
     if quantizer.is_clip_enabled and hasattr(quantizer, "clip"):
         low, high = quantizer.clip.clip_value_min, quantizer.clip.clip_value_max
         if torch.jit.is_tracing():  # the TorchScript exporter does not fold Max: read the bounds as constants
@@ -299,7 +300,7 @@ def _tiny_amax(quantizer: TensorQuantizer) -> bool:
 def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...], path: str | os.PathLike, *,
                 opset: int = 17, input_names: Sequence[str] | None = None,
                 output_names: Sequence[str] | None = None, dynamic_axes: Mapping[str, Any] | None = None,
-                verify: bool = True, tolerance_steps: float = 2.0, atol: float | None = None,
+                verify: bool = True, tolerance_steps: float = 4.0, atol: float | None = None,
                 exporter: str = "torchscript") -> ExportReport:
     """Export a fake-quantized model to ONNX with standard QuantizeLinear/DequantizeLinear pairs, and check it.
 
@@ -320,13 +321,19 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...], path: st
 
         max |onnx - torch| <= tolerance_steps * max |torch| / 127 + 2^-24    (per output; <= atol when given)
 
-    i.e. within ``tolerance_steps`` steps of an 8-bit grid spanning the output (2^-24, the smallest amax
-    PyTorch quantizes, is the floor for outputs that are all about 0). Why not exact: PyTorch rounds
-    x * (max_bound / amax), ONNX rounds x / (amax / max_bound); the two products differ in the last bit, so an
-    element within 1 ulp of a rounding boundary lands one step apart, which then propagates. That is rare
-    (about |q| * 2^-24 per element) and each flip moves the output by a fraction of a step (measured: <= 0.5
-    steps on 64-sample batches of the reference models); a wrong scale, axis or zero point moves it by many
-    steps. SQNR and cosine similarity are reported too.
+    i.e. within ``tolerance_steps`` (default 4, about 3% of max |output|) steps of an 8-bit grid spanning the
+    output; 2^-24, the smallest amax PyTorch quantizes, is the floor for outputs that are all about 0.
+
+    Why not exact: PyTorch rounds x * (max_bound / amax), ONNX rounds x / (amax / max_bound), and the float
+    convolutions and matmuls of the two runtimes sum in different orders. So an element within an ulp or so of
+    a rounding boundary lands one step apart in the two, and the difference propagates (and can flip later
+    roundings). Measured on the random-init reference models: up to 0.7 steps (ResidualCNN, 64-sample batch),
+    up to 3.2 steps (6-block TransformerStack, 64 samples; up to 2 steps with 1-8 samples). Gross errors are far
+    above the bound (a signed tensor through a uint8 pair: 19-98 steps; a 10x scale: 5-41 steps); subtle ones
+    are not caught by any bound (a scale of amax/128: 0.6-2.2 steps) and are what the exact tests of the scales
+    are for. SQNR and cosine similarity are reported too: rounding flips keep the SQNR above ~35 dB and the
+    cosine near 1; when only the bound fails with such values, raise ``tolerance_steps`` (deep models, big
+    example batches).
 
     Args:
         model: the quantized model (from ``quantize_model``), calibrated.
@@ -391,11 +398,18 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...], path: st
         _verify(report, args, record, tolerance_steps, atol)
     logger.info("%s", report)
     if report.passed is False:
-        raise ExportError(f"the exported ONNX model failed verification:\n{report}", report=report)
+        hint = ("\n(only the bound failed, with a high SQNR and a cosine near 1: rounding-boundary flips, see "
+                "export_onnx's docstring; raise tolerance_steps)" if _only_tolerance_failed(report) else "")
+        raise ExportError(f"the exported ONNX model failed verification:\n{report}{hint}", report=report)
     return report
 
 
 # ------------------------------------------------------------------------------------------- verification
+def _only_tolerance_failed(report: ExportReport) -> bool:
+    return (all("> tolerance" in failure for failure in report.failures) and report.sqnr_db is not None
+            and report.sqnr_db > 30 and report.cosine > 0.999)
+
+
 def _verify(report: ExportReport, args: tuple[Any, ...], record: _ForwardRecord, tolerance_steps: float,
             atol: float | None) -> None:
     """Fill the verification fields of ``report`` (see export_onnx)."""

@@ -130,7 +130,7 @@ class OutputComparison:
     failures: list[str] = field(default_factory=list)
 
 
-def compare_outputs(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray], tolerance_steps: float = 2.0,
+def compare_outputs(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray], tolerance_steps: float = 4.0,
                     atol: float | None = None) -> OutputComparison:
     """Hold each output to ``max |onnx - ref| <= tolerance_steps * max |ref| / 127 + 2^-24`` (or ``<= atol``).
 

@@ -238,6 +238,28 @@ def test_learn_amax_clip_exports_as_clip(tmp_path):
     assert report.passed
 
 
+def test_dead_weight_channel_gets_scale_zero(tmp_path):
+    linear = QuantLinear(4, 3)
+    with torch.no_grad():
+        linear.weight[1].zero_()
+    linear.input_quantizer.amax = torch.tensor(2.0)
+    linear.weight_quantizer.amax = linear.weight.detach().abs().amax(dim=1, keepdim=True)
+    path = tmp_path / "dead.onnx"
+    report = export_onnx(linear, torch.randn(5, 4), path)
+    quantize, _, values = qdq_nodes(path)
+    weight_scale = values[next(n for n in quantize if n.input[0] == "weight").input[1]]
+    assert weight_scale[1] == 0 and (weight_scale[[0, 2]] > 0).all()
+    assert report.passed and any("TensorRT wants positive scales" in w for w in report.warnings)
+
+
+def test_direct_torch_onnx_export_refuses_with_the_quantizer_described(tmp_path):
+    model = nn.Sequential(TensorQuantizer(QuantDescriptor(num_bits=4, amax=1.0)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        with pytest.raises(ExportError, match=r"TensorQuantizer\(4bit .*num_bits=4"):
+            torch.onnx.export(model, (torch.randn(3),), str(tmp_path / "direct.onnx"), dynamo=False)
+
+
 def test_unreached_quantizer_is_reported(tmp_path):
     class Branchy(nn.Module):
         def __init__(self):
