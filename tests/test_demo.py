@@ -85,3 +85,10 @@ def test_cli_demo_runs_the_demo(monkeypatch, capsys):
     monkeypatch.setattr(demo_module, "demo", lambda out=None: calls.append(out) or [])
     assert main(["demo"]) == 0
     assert calls == [None]
+
+
+def test_demo_without_onnx_says_so(monkeypatch):
+    monkeypatch.setattr(demo_module, "_onnx_missing", lambda: ["onnxruntime"])
+    lines = []
+    demo_module._export(None, lines.append)
+    assert lines == ["ONNX export skipped: onnxruntime not installed (pip install -c constraints.txt -e '.[onnx]')"]
