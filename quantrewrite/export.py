@@ -123,7 +123,7 @@ def quantize_for_export(quantizer: TensorQuantizer, inputs: torch.Tensor) -> tor
     """
     problems = _quantizer_problems(quantizer)
     if problems:  # torch.onnx.export called directly: the quantizer's name is unknown here
-        label = f"TensorQuantizer({quantizer.extra_repr()})"
+        label = f"TensorQuantizer({quantizer.quant_desc})"  # not extra_repr: it reads amax (tracer warnings)
         raise ExportError(_problems_message({label: problems}), {label: problems})
     if quantizer.is_clip_enabled and hasattr(quantizer, "clip"):
         low, high = quantizer.clip.clip_value_min, quantizer.clip.clip_value_max

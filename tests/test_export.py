@@ -254,10 +254,11 @@ def test_dead_weight_channel_gets_scale_zero(tmp_path):
 
 def test_direct_torch_onnx_export_refuses_with_the_quantizer_described(tmp_path):
     model = nn.Sequential(TensorQuantizer(QuantDescriptor(num_bits=4, amax=1.0)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         with pytest.raises(ExportError, match=r"TensorQuantizer\(4bit .*num_bits=4"):
             torch.onnx.export(model, (torch.randn(3),), str(tmp_path / "direct.onnx"), dynamo=False)
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
 
 
 def test_unreached_quantizer_is_reported(tmp_path):
