@@ -69,10 +69,11 @@ class Plan:
         return len(self.entries)
 
     def __getitem__(self, name: str) -> PlanEntry:
-        for entry in self.entries:
-            if entry.name == name:
-                return entry
-        raise KeyError(name)
+        """The module or op-site entry called ``name`` (an untraced scope's entry only if nothing else is)."""
+        found = [entry for entry in self.entries if entry.name == name]
+        if not found:
+            raise KeyError(name)
+        return next((entry for entry in found if entry.kind != "scope"), found[0])
 
     def modules(self) -> list[PlanEntry]:
         return [e for e in self.entries if e.kind == "module"]

@@ -172,8 +172,11 @@ def _is_scalar(node: Any, cache: dict[fx.Node, bool]) -> bool:
     return result
 
 
-def _arg_slots(node: fx.Node, spec: registry.FunctionSpec, cache: dict) -> list[tuple[registry.ArgSpec, tuple, int | None, fx.Node]]:
-    found = []
+def _arg_slots(node: fx.Node, spec: registry.FunctionSpec,
+               cache: dict) -> list[tuple[registry.ArgSpec, tuple, int | None, fx.Node]] | None:
+    """The quantizable tensor operands of ``node``; None when it is no tensor op at all (shape arithmetic
+    like ``x.size(1) + 1``, or tuple concatenation like ``(h,) + outputs[1:]``, which share the op's target)."""
+    found, tensor_op = [], False
     for arg in spec.args:
         if len(node.args) > arg.position:
             location, value = ("args", arg.position), node.args[arg.position]
@@ -181,15 +184,17 @@ def _arg_slots(node: fx.Node, spec: registry.FunctionSpec, cache: dict) -> list[
             location, value = ("kwargs", arg.keyword), node.kwargs[arg.keyword]
         else:
             continue
-        if arg.each:  # a single node here is a whole sequence (x.chunk(...)): no tensor to quantize
+        if arg.each:
             if isinstance(value, (list, tuple)):
                 found.extend((arg, location, i, v) for i, v in enumerate(value)
                              if isinstance(v, fx.Node) and not _is_scalar(v, cache))
+            tensor_op = tensor_op or isinstance(value, (list, tuple, fx.Node))  # a node: a whole sequence
         elif isinstance(value, (list, tuple)):
-            return []  # a sequence where a tensor belongs: `(h,) + outputs[1:]` concatenates tuples
+            return None
         elif isinstance(value, fx.Node) and not _is_scalar(value, cache):
             found.append((arg, location, None, value))
-    return found
+            tensor_op = True
+    return found if tensor_op else None
 
 
 def _owner(node: fx.Node, scope: str) -> str:
@@ -204,23 +209,35 @@ def _target_name(node: fx.Node) -> str:
     return getattr(node.target, "__name__", str(node.target)).strip("_") or "op"
 
 
+def _quantizer_outputs(scope_module: nn.Module, graph: fx.Graph) -> set[fx.Node]:
+    """Nodes that are already the output of a TensorQuantizer (a model quantized before)."""
+    targets = {name for name, m in scope_module.named_modules() if isinstance(m, TensorQuantizer)}
+    return {n for n in graph.nodes if n.op == "call_module" and n.target in targets} if targets else set()
+
+
 def _plan_ops(cfg: QuantConfig, rp: RewritePlan, model: nn.Module) -> None:
+    module_names = {name for name, _ in model.named_modules()}
     for scope in rp.trace.traced:
         counters: dict[tuple[str, str], int] = {}
         scalar_cache: dict[fx.Node, bool] = {}
+        quantized_already = _quantizer_outputs(scope.module, scope.graph)
         for node in scope.graph.nodes:
             if node.op not in ("call_function", "call_method"):
                 continue
             if node.target in _PLUMBING_FUNCTIONS or (node.op == "call_method" and node.target in _PLUMBING_METHODS):
                 continue
             spec = registry.function_spec_for_target(node.op, node.target)
+            operands = _arg_slots(node, spec, scalar_cache) if spec is not None else None
+            if spec is not None and operands is None:
+                continue  # shape arithmetic or tuple plumbing that shares the op's target: not an op site
             owner = _owner(node, scope.name)
             op_name = spec.name if spec is not None else _target_name(node)
-            count = counters.get((owner, op_name), 0)
-            counters[(owner, op_name)] = count + 1
-            site = _qualify(owner, op_name if count == 0 else f"{op_name}_{count}")
+            site = _site_name(owner, op_name, counters, module_names)
             if spec is None:
                 rp.plan.entries.append(PlanEntry(site, "function", op_name, SKIP, "op not registered"))
+                continue
+            if any(value in quantized_already for *_, value in operands):
+                rp.plan.entries.append(PlanEntry(site, "function", op_name, SKIP, "already quantized"))
                 continue
             class_weight = FUNCTION_WEIGHT_DEFAULT if spec.has_weight else None
             res = cfg.resolve(site, "function", spec.name, FUNCTION_INPUT_DEFAULT, class_weight,
@@ -228,21 +245,30 @@ def _plan_ops(cfg: QuantConfig, rp: RewritePlan, model: nn.Module) -> None:
             if not res.quantize:
                 rp.plan.entries.append(PlanEntry(site, "function", op_name, SKIP, res.reason, res.rules))
                 continue
-            slots = _named_slots(site, owner, node, spec, res, scalar_cache)
-            if not slots:
+            if not operands:
                 rp.plan.entries.append(PlanEntry(site, "function", op_name, SKIP, "no tensor operands", res.rules))
                 continue
+            slots = _named_slots(site, operands, res)
             quantizers = tuple(_qualify(owner, s.attr) for s in slots)
             rp.plan.entries.append(PlanEntry(site, "function", op_name, QUANTIZE, None, res.rules,
                                              res.input, res.weight, quantizers, _disabled(cfg, quantizers)))
             rp.ops.append(OpAction(scope.name, owner, node, slots))
 
 
-def _named_slots(site: str, owner: str, node: fx.Node, spec: registry.FunctionSpec, res: Any,
-                 cache: dict) -> list[ArgSlot]:
+def _site_name(owner: str, op_name: str, counters: dict[tuple[str, str], int], taken: set[str]) -> str:
+    """``<owner>.<op>``, then ``<op>_1``, ``<op>_2``, ...; a name that a module already has is skipped."""
+    while True:
+        count = counters.get((owner, op_name), 0)
+        counters[(owner, op_name)] = count + 1
+        site = _qualify(owner, op_name if count == 0 else f"{op_name}_{count}")
+        if site not in taken:
+            return site
+
+
+def _named_slots(site: str, operands: list, res: Any) -> list[ArgSlot]:
     leaf = site.rsplit(".", 1)[-1]
     slots, inputs = [], 0
-    for arg, location, index, value in _arg_slots(node, spec, cache):
+    for arg, location, index, value in operands:
         if arg.role == "weight":
             attr, desc = f"{leaf}_weight_quantizer", res.weight
         else:

@@ -60,15 +60,6 @@ class TraceResult:
     traced: list[TracedScope] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # scope name -> the tracer's error
 
-    def scope_of(self, module_name: str) -> str | None:
-        """The traced scope that contains ``module_name``, or None when it lies in untraced code only."""
-        best = None
-        for scope in self.traced:
-            if scope.name == "" or module_name == scope.name or module_name.startswith(scope.name + "."):
-                if best is None or len(scope.name) > len(best):
-                    best = scope.name
-        return best
-
 
 def _error_text(error: BaseException) -> str:
     text = str(error).strip().splitlines()

@@ -21,6 +21,7 @@ from rewrite_toys import (
 )
 from torch import fx, nn
 
+import quantrewrite as qr
 from quantrewrite import TensorQuantizer, disable_quantizers, list_quantizers, quantize_model, registry
 from quantrewrite.models import ResidualCNN, TransformerStack
 from quantrewrite.nn import modules as qnn
@@ -258,16 +259,17 @@ class ScalarAdds(nn.Module):
 def test_scalar_operand_gets_one_quantizer_and_shape_arithmetic_none():
     qmodel = quantize_model(ScalarAdds(), ADD_ON)
     plan = qmodel.quant_plan
-    assert plan["add"].reason == "no tensor operands"
+    # the shape arithmetic is not an op site at all: it takes no name, so the tensor adds start at "add"
+    assert [e.name for e in plan.functions() if e.target == "add"] == ["add", "add_1", "add_2"]
+    assert plan["add"].quantizers == ("add_input_quantizer",)
     assert plan["add_1"].quantizers == ("add_1_input_quantizer",)
     assert plan["add_2"].quantizers == ("add_2_input_quantizer",)
-    assert plan["add_3"].quantizers == ("add_3_input_quantizer",)
-    assert list(list_quantizers(qmodel)) == ["add_1_input_quantizer", "add_2_input_quantizer",
-                                             "add_3_input_quantizer"]
+    assert list(list_quantizers(qmodel)) == ["add_input_quantizer", "add_1_input_quantizer",
+                                             "add_2_input_quantizer"]
     nodes = call_module_nodes(qmodel)
-    (radd,) = nodes["add_2_input_quantizer"].users
-    assert radd.args[0] == 2 and radd.args[1] is nodes["add_2_input_quantizer"]
-    (last,) = nodes["add_3_input_quantizer"].users
+    (radd,) = nodes["add_1_input_quantizer"].users
+    assert radd.args[0] == 2 and radd.args[1] is nodes["add_1_input_quantizer"]
+    (last,) = nodes["add_2_input_quantizer"].users
     assert last.args[1].target is operator.add  # the shape value n, unquantized
     x = torch.randn(2, 3)
     with torch.no_grad():
@@ -477,8 +479,50 @@ def test_sequence_concatenation_is_not_quantized():
     qmodel = quantize_model(model, ADD_ON)
     plan = qmodel.quant_plan
     assert plan["add"].quantizers == ("add_input_quantizer", "add_input1_quantizer")
-    assert (plan["add_1"].action, plan["add_1"].reason) == ("skip", "no tensor operands")
+    # tuple concatenation shares operator.add but is no tensor op: it is not an op site at all
+    assert [e.name for e in plan.functions() if e.target == "add"] == ["add"]
     x = torch.randn(3, 2, 4)
     with torch.no_grad():
         out = qmodel(x)
     assert len(out) == 2 and out[0].shape == x.shape
+
+
+class _ShapeThenAdd(nn.Module):
+    def forward(self, x, y):
+        width = x.size(1) + 1  # shape arithmetic: not an op site
+        return (x + y)[:, :width]
+
+
+def test_shape_arithmetic_does_not_take_the_first_op_name():
+    qmodel = qr.quantize_model(_ShapeThenAdd(), {"version": 1, "functions": {"add": {"quantize": True}}})
+    names = list(qr.list_quantizers(qmodel))
+    assert names == ["add_input_quantizer", "add_input1_quantizer"]
+
+
+class _HasModuleNamedAdd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.add = nn.Identity()
+
+    def forward(self, x):
+        return self.add(x) + x
+
+
+def test_op_site_names_never_take_a_module_name():
+    qmodel = qr.quantize_model(_HasModuleNamedAdd(), {"version": 1, "functions": {"add": {"quantize": True}}})
+    assert "add_1" in [e.name for e in qmodel.quant_plan.functions()]
+    assert isinstance(qmodel.add, nn.Identity)
+    x = torch.randn(2, 3)
+    qr.disable_quantizers(qmodel, "*")
+    assert torch.equal(qmodel(x), 2 * x)
+
+
+def test_quantizing_a_quantized_model_adds_no_second_quantizer():
+    from quantrewrite.models import ResidualCNN
+
+    config = {"version": 1, "functions": {"add": {"quantize": True}}}
+    once = qr.quantize_model(ResidualCNN(2, 8).eval(), config)
+    twice = qr.quantize_model(once, config)
+    assert list(qr.list_quantizers(twice)) == list(qr.list_quantizers(once))
+    reasons = {e.name: e.reason for e in twice.quant_plan.functions() if e.target in ("add", "adaptive_avg_pool2d")}
+    assert reasons and set(reasons.values()) == {"already quantized"}
