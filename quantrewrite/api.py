@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import logging
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from torch import nn
@@ -29,11 +31,27 @@ class RewriteError(RuntimeError):
     """The model could not be rewritten (with strict=True: a scope did not trace)."""
 
 
-def _prepare(model: nn.Module, cfg: Any, concrete_args: dict[str, Any] | None, leaf_modules: Iterable,
-             strict: bool) -> RewritePlan:
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause Python's cyclic garbage collector while a rewrite builds, and restore its state after.
+
+    A rewrite allocates hundreds of thousands of small objects (the model copy, FX nodes, new modules); the
+    collections they trigger scan the whole heap and took a third of quantize_model's time on a 128-block
+    transformer, growing faster than the model. Nothing here creates garbage cycles worth collecting early.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _prepare(model: nn.Module, config: QuantConfig, concrete_args: dict[str, Any] | None,
+             leaf_modules: Iterable, strict: bool) -> RewritePlan:
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
-    config = load_config(cfg)
     trace = trace_scopes(model, concrete_args=concrete_args, leaf_modules=leaf_modules)
     if trace.failed and strict:
         lines = "\n".join(f"  {name or '<root>'}: {error}" for name, error in trace.failed.items())
@@ -50,7 +68,9 @@ def plan(model: nn.Module, cfg: Any = None, *, concrete_args: dict[str, Any] | N
     Example:
         >>> print(plan(model, "int8_default"))   # a table: name, kind, type/op, action, details
     """
-    return _prepare(model, cfg, concrete_args, leaf_modules, strict).plan
+    config = load_config(cfg)
+    with _collector_paused():
+        return _prepare(model, config, concrete_args, leaf_modules, strict).plan
 
 
 def quantize_model(model: nn.Module, cfg: Any = None, *, inplace: bool = False,
@@ -82,10 +102,13 @@ def quantize_model(model: nn.Module, cfg: Any = None, *, inplace: bool = False,
         >>> qmodel = quantize_model(model, "int8_default")
         >>> print(qmodel.quant_plan)
     """
-    load_config(cfg)  # validate before copying anything
-    work = model if inplace else copy.deepcopy(model)
-    rp = _prepare(work, cfg, concrete_args, leaf_modules, strict)
-    result = apply_plan(work, rp)
+    config = load_config(cfg)  # validated before anything is copied or touched
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    with _collector_paused():
+        work = model if inplace else copy.deepcopy(model)
+        rp = _prepare(work, config, concrete_args, leaf_modules, strict)
+        result = apply_plan(work, rp)
     result.quant_plan = rp.plan
     return result
 

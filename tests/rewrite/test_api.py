@@ -269,3 +269,19 @@ def test_load_config_is_the_one_entry_point():
     # quantize_model validates through load_config: the same object is used as is
     cfg = load_config({"version": 1})
     assert quantize_model(_model(), cfg).quant_plan.config_source == cfg.source == "<dict>"
+
+
+@pytest.mark.parametrize("enabled", [True, False], ids=["gc-on", "gc-off"])
+def test_quantize_model_leaves_the_garbage_collector_as_it_found_it(enabled):
+    import gc
+
+    was = gc.isenabled()
+    try:
+        gc.enable() if enabled else gc.disable()
+        quantize_model(ResidualCNN(2, 8))
+        assert gc.isenabled() is enabled
+        with pytest.raises(RewriteError):
+            quantize_model(DataDependentRoot(), strict=True)  # fails inside the paused section
+        assert gc.isenabled() is enabled
+    finally:
+        gc.enable() if was else gc.disable()
