@@ -17,9 +17,9 @@ Methods of ``compute_amax`` (they run on CPU; the histogram has a few thousand b
   i = start_bin, start_bin + stride, ... <= nbins: P = n[0:i] with Σ n[i:] added to its last bin; Q = n[0:i]
   split into 2^(num_bits−1+unsigned) groups (bin j goes to group floor(j·groups / i)), each group's total
   spread evenly over its non-empty bins; KL(P‖Q) of the normalised P and Q. amax = edges[i] of the last
-  minimum. As in the original, KL is +inf when P's last bin is non-empty but Q's is empty, and a
-  candidate whose Q is all empty (no data below edges[i]) is NaN, and the last NaN candidate wins (the
-  original's ``np.argmin`` returns the first NaN of the reversed divergences). Divergences within 1e-12 of
+  minimum. As in the original, KL is +inf when P's last bin is non-empty but Q's is empty; a candidate
+  whose Q is all empty (no data below edges[i]) is NaN and is never chosen (the original chose the last
+  such candidate whenever one existed: an amax below all the data). Divergences within 1e-12 of
   the minimum count as equal, so mathematically tied candidates, which summation order perturbs by
   ~1e-15, resolve to the last one deterministically.
 """
@@ -65,11 +65,18 @@ def _count_torch(x: torch.Tensor, edges: torch.Tensor, scale: float, skip_zeros:
 
 
 def _last_argmin(kl: np.ndarray) -> int:
-    """Index of the last minimum, ties within KL_TIE; the last NaN if any (the original's behaviour)."""
-    nan = np.flatnonzero(np.isnan(kl))
-    if nan.size:
-        return int(nan[-1])
-    return int(np.flatnonzero(kl <= kl.min() + KL_TIE)[-1])
+    """Index of the last minimum (ties within KL_TIE), ignoring NaN candidates; the last index if all are NaN.
+
+    A NaN divergence means Q is empty: the candidate range lies below all the data. The original picked the
+    last such candidate whenever one existed (np.argmin returns the first NaN of the reversed divergences),
+    which on data with an empty gap at the bottom (e.g. images with a few distinct levels) gives an amax
+    below every value and destroys accuracy. Those candidates are never the answer here.
+    """
+    valid = np.flatnonzero(~np.isnan(kl))
+    if valid.size == 0:
+        return int(kl.size - 1)
+    values = kl[valid]
+    return int(valid[np.flatnonzero(values <= values.min() + KL_TIE)[-1]])
 
 
 class HistogramCalibrator(_Calibrator):

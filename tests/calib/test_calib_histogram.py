@@ -321,18 +321,20 @@ def test_entropy_matches_literal_reference(hist_name, config, sweep_path):
                                        "bimodal", "odd_size_777", "empty_start_gap", "one_bin_200"])
 def test_entropy_matches_original_exact_argmin(hist_name):
     """Without ties the tolerance changes nothing: the original's exact last-argmin (np.argmin on the
-    reversed divergences, which returns the first NaN if there is one) picks the same bin."""
+    reversed divergences) picks the same bin, once the NaN candidates (an empty Q: a range below all the
+    data, which the original would pick) are set aside."""
     counts = HISTOGRAMS[hist_name]
     reference = entropy_reference(counts, 8, False, 1, 128)
-    original = 128 + reference.size - 1 - int(np.argmin(reference[::-1]))
+    finite = np.where(np.isnan(reference), np.inf, reference)
+    original = 128 + reference.size - 1 - int(np.argmin(finite[::-1]))
     edges = np.arange(counts.size + 1, dtype=np.float64)
     assert histogram.amax_entropy(counts, edges, 8, False) == original
 
 
 @pytest.mark.parametrize(("kl", "expected"), [
-    ([0.3, 0.1, 0.2, 0.1], 3), ([0.1, 0.1 + 1e-15, 0.2], 1), ([np.nan, np.nan, 0.0, 0.5], 1),
-    ([np.inf, np.inf], 1), ([0.0, np.inf, 0.0, np.inf], 2),
-], ids=["last_of_equal", "within_tolerance", "last_nan", "all_inf", "inf_between"])
+    ([0.3, 0.1, 0.2, 0.1], 3), ([0.1, 0.1 + 1e-15, 0.2], 1), ([np.nan, np.nan, 0.0, 0.5], 2),
+    ([np.inf, np.inf], 1), ([0.0, np.inf, 0.0, np.inf], 2), ([np.nan, np.nan], 1),
+], ids=["last_of_equal", "within_tolerance", "nan_never_chosen", "all_inf", "inf_between", "all_nan_last"])
 def test_last_argmin_rule(kl, expected):
     assert histogram._last_argmin(np.array(kl)) == expected
 
@@ -364,3 +366,13 @@ def test_compute_amax_end_to_end():
     assert calibrator.compute_amax("entropy").item() == np.float32(histogram.amax_entropy(counts, edges, 8, True))
     assert calibrator.compute_amax("mse", stride=2).item() == histogram.amax_mse(counts, edges, 8, True, 2)
     assert calibrator.compute_amax("percentile").dtype == torch.float32
+
+
+def test_entropy_never_picks_a_range_below_all_the_data():
+    """Few distinct levels with an empty bottom (raw pixels 0..16 of 16): the original's NaN rule gave an
+    amax of 1/16, below every non-zero value; here the amax covers the data."""
+    levels = torch.arange(17, dtype=torch.float32) / 16
+    data = levels.repeat_interleave(torch.tensor([4000] + [50] * 15 + [900]))
+    calibrator = calib.HistogramCalibrator()
+    calibrator.collect(data)
+    assert calibrator.compute_amax("entropy").item() > 0.5
