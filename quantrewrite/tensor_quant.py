@@ -98,6 +98,7 @@ class QuantGrid(NamedTuple):
     scale_host: np.ndarray | None  # flat float32 copies for the CPU kernels (None off-CPU)
     amax_host: np.ndarray | None
     amax_shape: tuple[int, ...]
+    inv_scale_host: np.ndarray | None  # RN(1 / scale) for the kernels' exact fast quotient, where it applies
 
 
 def _validated_amax(amax: torch.Tensor | float, device: torch.device) -> torch.Tensor:
@@ -155,8 +156,9 @@ def prepare_grid(amax: torch.Tensor | float, num_bits: int | tuple[int, int] = 8
     if amax.device.type == "cpu" and not fp8:  # FP8 rounds through torch.float8_e4m3fn: eager only
         scale_host = scale.reshape(-1).numpy()
         amax_host = amax.reshape(-1).contiguous().numpy()
+    inv_scale_host = None if scale_host is None else _kernels.reciprocal_scale(scale_host, min_bound, max_bound)
     return QuantGrid(amax, scale, min_bound, max_bound, unsigned, fp8, any_zero, scale_host, amax_host,
-                     tuple(amax.shape))
+                     tuple(amax.shape), inv_scale_host)
 
 
 class _Layout(NamedTuple):
@@ -227,21 +229,26 @@ def _as_float32_contiguous(t: torch.Tensor) -> torch.Tensor:
 
 
 def _forward(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, fake: bool) -> torch.Tensor:
-    """Fused kernel where it applies (CPU, an amax laid out as one block of dims), else eager."""
-    if (layout.view is None or grid.scale_host is None or not inputs.is_cpu or inputs.numel() == 0
-            or not _kernels.fused_kernels_available()):
+    """Fused kernel where it applies (CPU, an amax laid out as one block of dims, an exact fast quotient),
+    else eager."""
+    if (layout.view is None or grid.scale_host is None or (fake and grid.inv_scale_host is None)
+            or not inputs.is_cpu or inputs.numel() == 0 or not _kernels.fused_kernels_available()):
         return _forward_eager(inputs, grid, layout, fake)
     x32 = _as_float32_contiguous(inputs)
     out = torch.empty_like(x32)
-    kernel = _kernels.fake_quant_into if fake else _kernels.quant_into
-    negatives = kernel(x32, out, layout.view, grid.scale_host, grid.min_bound, grid.max_bound, checked=False)
-    if grid.unsigned and negatives:
+    if fake:
+        negative = _kernels.fake_quant_into(x32, out, layout.view, grid.scale_host, grid.inv_scale_host,
+                                            grid.min_bound, grid.max_bound, grid.unsigned, checked=False)
+    else:
+        negative = _kernels.quant_into(x32, out, layout.view, grid.scale_host, grid.min_bound, grid.max_bound,
+                                       grid.unsigned, checked=False)
+    if negative:
         raise _negative_input_error(inputs)
     return out if inputs.dtype == torch.float32 else out.to(inputs.dtype)
 
 
 def _ste_grad(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, grad: torch.Tensor) -> torch.Tensor:
-    """grad where |inputs| <= amax (inclusive, in float32), 0 elsewhere."""
+    """grad where |inputs| <= amax (inclusive, in float32), 0 elsewhere: one fused pass where it applies."""
     if (layout.view is not None and grid.amax_host is not None and inputs.dtype == torch.float32
             and grad.dtype == torch.float32 and inputs.is_cpu and grad.is_cpu and inputs.numel() > 0
             and _kernels.fused_kernels_available()):
