@@ -507,3 +507,14 @@ def test_cuda_quantizer_matches_cpu() -> None:
     cpu = quantizer(x)
     quantizer.cuda()
     assert torch.equal(quantizer(x.cuda()).cpu(), cpu)
+
+
+def test_onnx_export_flag_matches_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The forward checks torch's export flag on every call through a cached lookup; it must agree.
+    assert tq_module._in_onnx_export() is False
+    assert torch.onnx.is_in_onnx_export() is False
+    from torch.onnx._internal.torchscript_exporter._globals import GLOBALS
+
+    monkeypatch.setattr(GLOBALS, "in_onnx_export", True)
+    assert torch.onnx.is_in_onnx_export() is True
+    assert tq_module._in_onnx_export() is True
