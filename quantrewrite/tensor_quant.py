@@ -102,7 +102,8 @@ class QuantGrid(NamedTuple):
 
 
 def _validated_amax(amax: torch.Tensor | float, device: torch.device) -> torch.Tensor:
-    amax = torch.as_tensor(amax, device=device).detach().float()
+    # A copy: a grid must not change under a pending backward when the caller's amax buffer is written.
+    amax = torch.as_tensor(amax, device=device).detach().to(torch.float32, copy=True)
     if amax.numel() == 0:
         raise ValueError("amax is empty")
     if not bool((amax >= 0).all()):  # one reduction: catches negatives and NaN

@@ -592,6 +592,17 @@ def test_prepared_grid_reuse_matches_fresh_calls(path: str) -> None:
         assert same_bits(tq.quantize_with_grid(y, grid, fake=False), tensor_quant(y, amax, 8, False, False)[0])
 
 
+def test_grid_does_not_alias_the_callers_amax(path: str) -> None:
+    amax = torch.tensor([[1.0], [2.0]])
+    grid = tq.prepare_grid(amax, 8)
+    x = torch.tensor([[1.5, 0.5], [1.5, 3.0]], requires_grad=True)
+    out = tq.quantize_with_grid(x, grid)
+    amax.fill_(10.0)  # e.g. a recalibration between forward and backward
+    out.backward(torch.ones(2, 2))
+    assert x.grad.tolist() == [[0.0, 1.0], [1.0, 0.0]]  # the amax of the forward
+    assert grid.amax.tolist() == [[1.0], [2.0]]
+
+
 # ---------------------------------------------------------------------------------------------------- CUDA
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("narrow", [False, True], ids=["full", "narrow"])
