@@ -500,6 +500,21 @@ def test_deepcopy_keeps_behaviour(path: str) -> None:
     assert torch.equal(quantizer(x), out)  # the original is independent
 
 
+def test_pickled_quantizer_rebuilds_its_cache(path: str) -> None:
+    import io
+
+    quantizer = TensorQuantizer(QuantDescriptor(axis=0, amax=[[1.0], [2.0]]))
+    x = randn(2, 5) * 2
+    out = quantizer(x)
+    assert quantizer._grid_cache is not None
+    buffer = io.BytesIO()
+    torch.save(quantizer, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    assert loaded._grid_cache is None
+    assert torch.equal(loaded(x), out)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_quantizer_matches_cpu() -> None:
     quantizer = TensorQuantizer(QuantDescriptor(axis=0, amax=torch.rand(8, 1).add(0.1).tolist()))

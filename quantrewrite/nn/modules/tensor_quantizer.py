@@ -244,6 +244,11 @@ class TensorQuantizer(nn.Module):
         """amax / max_bound: the distance between two grid points; None when amax is dynamic."""
         return None if self.amax is None else self.amax / self.maxbound
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state["_grid_cache"] = None  # derived data (numpy views included): rebuilt on the next forward
+        return state
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         key = prefix + "_amax"
