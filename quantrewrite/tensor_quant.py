@@ -229,14 +229,17 @@ def _as_float32_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
-def _forward(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, fake: bool) -> torch.Tensor:
+def _forward(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, fake: bool,
+             out: torch.Tensor | None = None) -> torch.Tensor:
     """Fused kernel where it applies (CPU, an amax laid out as one block of dims, an exact fast quotient),
-    else eager."""
+    else eager. ``out``, a float32 contiguous tensor of the input's shape, is written to when the fused
+    kernel runs on a float32 input (and ignored otherwise)."""
     if (layout.view is None or grid.scale_host is None or (fake and grid.inv_scale_host is None)
             or not inputs.is_cpu or inputs.numel() == 0 or not _kernels.fused_kernels_available()):
         return _forward_eager(inputs, grid, layout, fake)
     x32 = _as_float32_contiguous(inputs)
-    out = torch.empty_like(x32)
+    if out is None or inputs.dtype != torch.float32:
+        out = torch.empty_like(x32)
     if fake:
         negative = _kernels.fake_quant_into(x32, out, layout.view, grid.scale_host, grid.inv_scale_host,
                                             grid.min_bound, grid.max_bound, grid.unsigned, checked=False)
@@ -278,13 +281,17 @@ class _QuantFunction(torch.autograd.Function):
         return _ste_grad(inputs, ctx.grid, ctx.layout, grad), None, None, None
 
 
-def quantize_with_grid(inputs: torch.Tensor, grid: QuantGrid, fake: bool = True) -> torch.Tensor:
+def quantize_with_grid(inputs: torch.Tensor, grid: QuantGrid, fake: bool = True,
+                       out: torch.Tensor | None = None) -> torch.Tensor:
     """Apply a prepared grid: fake quantization (or the integer grid when ``fake`` is False, or the FP8 value
-    grid for an FP8 grid), with the straight-through gradient when autograd needs one."""
+    grid for an FP8 grid), with the straight-through gradient when autograd needs one.
+
+    ``out`` (float32, contiguous, the input's shape) may receive the result when no gradient is needed and the
+    fused kernel applies; always use the returned tensor."""
     layout = _layout(tuple(inputs.shape), grid.amax_shape)
     if inputs.requires_grad and torch.is_grad_enabled():
         return _QuantFunction.apply(inputs, grid, layout, fake)
-    return _forward(inputs, grid, layout, fake)
+    return _forward(inputs, grid, layout, fake, out)
 
 
 def tensor_quant(inputs: torch.Tensor, amax: torch.Tensor | float, num_bits: int | tuple[int, int] = 8,

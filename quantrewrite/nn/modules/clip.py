@@ -44,8 +44,10 @@ def clip(inputs: torch.Tensor, clip_min: torch.Tensor | float, clip_max: torch.T
         >>> lo.grad.item(), hi.grad.item()
         (1.0, 1.0)
     """
-    clip_min = torch.as_tensor(clip_min, dtype=torch.float32, device=inputs.device)
-    clip_max = torch.as_tensor(clip_max, dtype=torch.float32, device=inputs.device)
+    if not isinstance(clip_min, torch.Tensor):  # tensors pass as they are (no constant in an export trace)
+        clip_min = torch.tensor(float(clip_min), device=inputs.device)
+    if not isinstance(clip_max, torch.Tensor):
+        clip_max = torch.tensor(float(clip_max), device=inputs.device)
     return _ClipFunction.apply(inputs, clip_min, clip_max)
 
 

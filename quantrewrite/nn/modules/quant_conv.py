@@ -51,7 +51,7 @@ class _QuantConvNd(QuantMixin):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # The float module's _conv_forward applies padding_mode ("reflect", "circular", ...) as nn.Conv does.
-        return self._conv_forward(self._input_quantizer(input), self._weight_quantizer(self.weight), self.bias)
+        return self._conv_forward(self._input_quantizer.transient(input), self._weight_quantizer(self.weight), self.bias)
 
 
 class _QuantConvTransposeNd(QuantMixin):
@@ -65,7 +65,7 @@ class _QuantConvTransposeNd(QuantMixin):
         output_padding = self._output_padding(input, output_size, self.stride, self.padding, self.kernel_size,
                                               self._num_spatial_dims, self.dilation)
         conv_transpose = _CONV_TRANSPOSE[self._num_spatial_dims]
-        return conv_transpose(self._input_quantizer(input), self._weight_quantizer(self.weight), self.bias,
+        return conv_transpose(self._input_quantizer.transient(input), self._weight_quantizer(self.weight), self.bias,
                               self.stride, self.padding, output_padding, self.groups, self.dilation)
 
 

@@ -36,7 +36,7 @@ class _QuantInstanceNormNd(QuantInputMixin):
         self.init_quantizer(quant_desc_input)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return super().forward(self._input_quantizer(input))
+        return super().forward(self._input_quantizer.transient(input))
 
 
 @register_quant_module(nn.InstanceNorm1d)

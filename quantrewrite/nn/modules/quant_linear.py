@@ -35,4 +35,4 @@ class QuantLinear(nn.Linear, QuantMixin):
         self.init_quantizer(quant_desc_input, quant_desc_weight)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.linear(self._input_quantizer(input), self._weight_quantizer(self.weight), self.bias)
+        return F.linear(self._input_quantizer.transient(input), self._weight_quantizer(self.weight), self.bias)

@@ -38,7 +38,7 @@ class _QuantPoolNd(QuantInputMixin):
     """Shared forward: quantize the input, then the float pooling (the next class in the MRO)."""
 
     def forward(self, input: torch.Tensor) -> Any:
-        return super().forward(self._input_quantizer(input))
+        return super().forward(self._input_quantizer.transient(input))
 
 
 class _QuantMaxPoolNd(_QuantPoolNd):

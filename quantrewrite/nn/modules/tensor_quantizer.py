@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import threading
 from typing import Any
 
 import torch
@@ -49,6 +50,29 @@ def _in_onnx_export() -> bool:
     if not _ONNX_FLAGS:
         return torch.onnx.is_in_onnx_export()  # pragma: no cover
     return bool(_ONNX_FLAGS[0].in_onnx_export or _ONNX_FLAGS[1]._is_onnx_exporting)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch_like(inputs: torch.Tensor) -> torch.Tensor:
+    """This thread's reusable float32 tensor of ``inputs``' shape (never ``inputs`` itself)."""
+    pool = getattr(_SCRATCH, "pool", None)
+    if pool is None:
+        pool = _SCRATCH.pool = {}
+    key = tuple(inputs.shape)
+    buffer = pool.get(key)
+    if buffer is None or buffer.data_ptr() == inputs.data_ptr() or torch.is_inference_mode_enabled() != buffer.is_inference():
+        buffer = pool[key] = torch.empty(key, dtype=torch.float32)
+        if len(pool) > 8:  # keep a few shapes only
+            pool.pop(next(iter(pool)))
+    return buffer
+
+
+def _has_global_module_hooks() -> bool:
+    from torch.nn.modules import module as module_mod
+
+    return bool(module_mod._global_forward_hooks or module_mod._global_forward_pre_hooks)
 
 
 class CalibrationError(RuntimeError):
@@ -120,6 +144,7 @@ class TensorQuantizer(nn.Module):
         self._if_calib = if_calib
         self._scale: torch.Tensor | None = None
         self._grid_cache: tuple[torch.Tensor, int, int, QuantGrid] | None = None
+        self._weight_cache: tuple[nn.Parameter, tuple, torch.Tensor] | None = None
         if quant_desc.amax is not None:
             self.register_buffer("_amax", torch.tensor(quant_desc.amax, dtype=torch.float32))
         if quant_desc.learn_amax:
@@ -136,6 +161,7 @@ class TensorQuantizer(nn.Module):
     def _replace_descriptor(self, **changes: Any) -> None:
         self._descriptor = self._descriptor.replace(**changes)
         self._grid_cache = None
+        self._weight_cache = None
 
     @property
     def num_bits(self) -> int | tuple[int, int]:
@@ -236,6 +262,7 @@ class TensorQuantizer(nn.Module):
         if "_amax" in self._buffers:
             del self._amax
         self._grid_cache = None
+        self._weight_cache = None
         if self._calibrator is not None:
             self._calibrator.reset()
 
@@ -247,6 +274,7 @@ class TensorQuantizer(nn.Module):
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state["_grid_cache"] = None  # derived data (numpy views included): rebuilt on the next forward
+        state["_weight_cache"] = None
         return state
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
@@ -397,11 +425,47 @@ class TensorQuantizer(nn.Module):
             self._calibrator.collect(inputs)
             if not self._if_quant:
                 return inputs  # a calibration pass: later layers see float activations
-        outputs = inputs
         if self._if_clip:
-            outputs = self.clip(outputs)
-        if self._if_quant:
-            outputs = self._quant_forward(outputs)
+            inputs = self.clip(inputs)
+        if not self._if_quant:
+            return inputs
+        if type(inputs) is nn.Parameter and not self.training and not torch.is_grad_enabled():
+            return self._cached_weight_forward(inputs)
+        return self._quant_forward(inputs)
+
+    def transient(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Quantize an input whose quantized value the caller uses once and drops (a Quant module's input).
+
+        Same result as calling the quantizer. When nothing can keep the result (no autograd, no hooks on this
+        quantizer) it is written into a per-thread scratch tensor reused by the next transient call of the same
+        shape, instead of fresh memory: fresh activation-sized allocations page-fault and cost more than the
+        quantization itself. The caller must be done with the result before its next transient call.
+        """
+        if (type(inputs) is not torch.Tensor  # fake / functional tensors of torch.export and torch.compile
+                or torch.is_grad_enabled() or self._disabled or self._if_calib or self._if_clip or not self._if_quant
+                or not self._descriptor.fake_quant or inputs.dtype != torch.float32 or not inputs.is_cpu
+                or self._forward_hooks or self._forward_pre_hooks or _has_global_module_hooks()
+                or _in_onnx_export()):
+            return self(inputs)
+        scratch = _scratch_like(inputs)
+        return quantize_with_grid(inputs, self._grid(inputs), fake=True, out=scratch)
+
+    def _cached_weight_forward(self, weight: nn.Parameter) -> torch.Tensor:
+        """Eval-mode inference reuses the quantized weight while nothing it depends on changed.
+
+        The key holds the weight's identity, version (bumped by every in-place write, optimizer steps and
+        load_state_dict included), storage, dtype and device, the descriptor, and the amax buffer's identity
+        and version; every method that replaces the descriptor or the amax drops the cache too. Training mode
+        and grad-enabled forwards always recompute (they need the autograd graph).
+        """
+        amax = self._buffers.get("_amax")
+        key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, id(self._descriptor),
+               None if amax is None else (id(amax), amax._version), torch.is_inference_mode_enabled())
+        cache = self._weight_cache
+        if cache is not None and cache[0] is weight and cache[1] == key and not _in_onnx_export():
+            return cache[2]
+        outputs = self._quant_forward(weight)
+        self._weight_cache = (weight, key, outputs)
         return outputs
 
     # ----------------------------------------------------------------------------------------- printing
