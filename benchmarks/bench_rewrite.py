@@ -15,7 +15,7 @@ import time
 import warnings
 
 import torch
-import torch.fx as fx
+from torch import fx
 
 from quantrewrite import quantize_model
 from quantrewrite.models import ResidualCNN, TransformerStack
@@ -60,8 +60,8 @@ def main() -> None:
         for depth in args.depths:
             model = build(depth).eval()
             nodes = len(fx.symbolic_trace(model).graph.nodes)
-            t_trace = best_of(lambda: fx.symbolic_trace(model), args.repeats)
-            t_quant = best_of(lambda: quantize_model(model, "int8_default"), args.repeats)
+            t_trace = best_of(lambda m=model: fx.symbolic_trace(m), args.repeats)
+            t_quant = best_of(lambda m=model: quantize_model(m, "int8_default"), args.repeats)
             t_prep = float("nan") if args.skip_prepare_fx else prepare_fx_time(model, example, 1)
             growth[(family, depth)] = t_quant
             print(f"{family:<14}{depth:>7}{nodes:>10}{t_trace:>12.3f}{t_quant:>12.3f}{t_prep:>14.3f}"

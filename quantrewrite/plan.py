@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from quantrewrite.descriptor import QuantDescriptor
 
-__all__ = ["Plan", "PlanEntry", "QUANTIZE", "SKIP"]
+__all__ = ["QUANTIZE", "SKIP", "Plan", "PlanEntry"]
 
 QUANTIZE = "quantize"
 SKIP = "skip"

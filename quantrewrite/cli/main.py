@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                         help="show the full traceback of an error")
     parser = _Parser(prog=PROG, description="Fake-quantize PyTorch models: plan, quantize and calibrate, "
-                     "validate configs, and a demo.", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+                     "validate configs, and a demo.", epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     from quantrewrite import __version__
 

@@ -9,8 +9,7 @@ parent's forward may read.
 
 from __future__ import annotations
 
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 from quantrewrite.rewrite.planner import ArgSlot, OpAction, RewritePlan

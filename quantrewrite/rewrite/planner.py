@@ -16,13 +16,15 @@ import operator
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from quantrewrite import registry
 from quantrewrite.config import QuantConfig
-from quantrewrite.descriptor import QUANT_DESC_8BIT_CONV2D_WEIGHT_PER_CHANNEL, QUANT_DESC_8BIT_PER_TENSOR
-from quantrewrite.descriptor import QuantDescriptor
+from quantrewrite.descriptor import (
+    QUANT_DESC_8BIT_CONV2D_WEIGHT_PER_CHANNEL,
+    QUANT_DESC_8BIT_PER_TENSOR,
+    QuantDescriptor,
+)
 from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 from quantrewrite.plan import QUANTIZE, SKIP, Plan, PlanEntry

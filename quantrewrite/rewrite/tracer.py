@@ -13,8 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from quantrewrite import registry
 from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
 import torch.nn.functional as F
+from nn_reference import ref_fake_quant, sqnr_db
 from torch import nn
 
 from quantrewrite.descriptor import QuantDescriptor
@@ -26,25 +26,9 @@ DECONV = {1: (QuantConvTranspose1d, F.conv_transpose1d), 2: (QuantConvTranspose2
           3: (QuantConvTranspose3d, F.conv_transpose3d)}
 
 
-def ref_fake_quant(x: torch.Tensor, amax: torch.Tensor, num_bits: int = 8) -> torch.Tensor:
-    """NUMERICS formula, full signed range (descriptor default narrow_range=False), in float32.
-
-    The scale is a true float32 division: ``float / tensor`` in torch is ``reciprocal() * float``, 1 ulp off.
-    """
-    max_bound = 2.0 ** (num_bits - 1) - 1
-    amax = amax.float()
-    scale = torch.full_like(amax, max_bound) / amax
-    q = torch.clamp(torch.round(x.float() * scale), -max_bound - 1, max_bound)
-    return (q / scale).to(x.dtype)
-
-
 def per_channel_amax(w: torch.Tensor) -> torch.Tensor:
     """max |w| over every dim but 0, shaped [C, 1, ...] to broadcast against w."""
     return w.detach().abs().amax(dim=tuple(range(1, w.dim())), keepdim=True)
-
-
-def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
-    return 10 * math.log10(ref.pow(2).sum().item() / (ref - test).pow(2).sum().item())
 
 
 def quantized_operands(module: nn.Module, x: torch.Tensor, static: bool) -> tuple[torch.Tensor, torch.Tensor]:

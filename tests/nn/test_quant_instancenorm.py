@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import torch.nn.functional as F
+from nn_reference import ref_fake_quant, sqnr_db
 
 from quantrewrite.descriptor import QuantDescriptor
 from quantrewrite.nn import QuantInstanceNorm1d, QuantInstanceNorm2d, QuantInstanceNorm3d
 
 CLASSES = {1: QuantInstanceNorm1d, 2: QuantInstanceNorm2d, 3: QuantInstanceNorm3d}
 SHAPES = {1: (2, 3, 10), 2: (2, 3, 5, 6), 3: (1, 3, 3, 4, 5)}
-
-
-def ref_fake_quant(x: torch.Tensor, amax: torch.Tensor, num_bits: int = 8) -> torch.Tensor:
-    """NUMERICS formula, full signed range (descriptor default narrow_range=False), in float32.
-
-    The scale is a true float32 division: ``float / tensor`` in torch is ``reciprocal() * float``, 1 ulp off.
-    """
-    max_bound = 2.0 ** (num_bits - 1) - 1
-    amax = amax.float()
-    scale = torch.full_like(amax, max_bound) / amax
-    q = torch.clamp(torch.round(x.float() * scale), -max_bound - 1, max_bound)
-    return (q / scale).to(x.dtype)
-
-
-def sqnr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
-    return 10 * math.log10(ref.pow(2).sum().item() / (ref - test).pow(2).sum().item())
 
 
 def make_norm(dims: int, affine: bool, track: bool, **kwargs: object) -> torch.nn.Module:

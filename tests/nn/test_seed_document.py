@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from nn_reference import ref_fake_quant
 from torch import nn
 from torch.nn.modules import pooling
 
@@ -17,19 +18,6 @@ from quantrewrite import nn as quant_nn
 from quantrewrite.descriptor import QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW, QuantDescriptor
 from quantrewrite.nn import TensorQuantizer
 from quantrewrite.nn.modules import _utils
-
-
-def ref_fake_quant(x: torch.Tensor, amax: torch.Tensor, num_bits: int = 8) -> torch.Tensor:
-    """NUMERICS formula, full signed range (descriptor default narrow_range=False), computed in float32 and
-    returned in x's dtype.
-
-    The scale is a true float32 division: ``float / tensor`` in torch is ``reciprocal() * float``, 1 ulp off.
-    """
-    max_bound = 2.0 ** (num_bits - 1) - 1
-    amax = torch.as_tensor(amax).float()
-    scale = torch.full_like(amax, max_bound) / amax
-    q = torch.clamp(torch.round(x.float() * scale), -max_bound - 1, max_bound)
-    return (q / scale).to(x.dtype)
 
 
 # ---------------------------------------------------------------------- use case 1, as in the document

@@ -27,15 +27,6 @@ def fq(x: torch.Tensor, amax: Any, num_bits: int = 8, unsigned: bool = False) ->
     return fake_tensor_quant(x, torch.as_tensor(amax, dtype=torch.float32), num_bits, unsigned, False)
 
 
-@pytest.fixture(params=["fused", "eager"])
-def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "eager":
-        monkeypatch.setenv("QUANTREWRITE_EAGER", "1")
-    else:
-        monkeypatch.delenv("QUANTREWRITE_EAGER", raising=False)
-    return request.param
-
-
 # ------------------------------------------------------------------------------------------ forward order
 def test_disabled_returns_the_input_object() -> None:
     quantizer = TensorQuantizer(QuantDescriptor(amax=1.0), disabled=True, if_calib=True)

@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from quantrewrite.descriptor import QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW, QUANT_DESC_8BIT_PER_TENSOR
-from quantrewrite.descriptor import QuantDescriptor
+from quantrewrite.descriptor import QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW, QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
 from quantrewrite.nn.modules.quant_linear import QuantLinear
 from quantrewrite.nn.modules.quant_mixins import QuantMixin, pop_quant_desc_in_kwargs
 from quantrewrite.registry import register_quant_module

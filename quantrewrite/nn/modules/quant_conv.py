@@ -51,7 +51,8 @@ class _QuantConvNd(QuantMixin):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # The float module's _conv_forward applies padding_mode ("reflect", "circular", ...) as nn.Conv does.
-        return self._conv_forward(self._input_quantizer.transient(input), self._weight_quantizer(self.weight), self.bias)
+        weight = self._weight_quantizer(self.weight)
+        return self._conv_forward(self._input_quantizer.transient(input), weight, self.bias)
 
 
 class _QuantConvTransposeNd(QuantMixin):

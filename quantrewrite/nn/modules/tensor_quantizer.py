@@ -62,7 +62,8 @@ def _scratch_like(inputs: torch.Tensor) -> torch.Tensor:
         pool = _SCRATCH.pool = {}
     key = tuple(inputs.shape)
     buffer = pool.get(key)
-    if buffer is None or buffer.data_ptr() == inputs.data_ptr() or torch.is_inference_mode_enabled() != buffer.is_inference():
+    stale = buffer is None or torch.is_inference_mode_enabled() != buffer.is_inference()
+    if stale or buffer.data_ptr() == inputs.data_ptr():
         buffer = pool[key] = torch.empty(key, dtype=torch.float32)
         if len(pool) > 8:  # keep a few shapes only
             pool.pop(next(iter(pool)))
