@@ -15,13 +15,13 @@ from quantrewrite.api import (
     quantize_model,
     summary,
 )
-from quantrewrite.calibration import calibrate
+from quantrewrite.calibration import CalibrationResult, calibrate, calibration, load_calib_amax
 from quantrewrite.config import QuantConfig, QuantConfigError, available_presets, load_config
 from quantrewrite.descriptor import QuantDescriptor, QuantDescriptorError
 from quantrewrite.export import ExportError, ExportReport, export_onnx
 from quantrewrite.nn import TensorQuantizer
 from quantrewrite.plan import Plan, PlanEntry
-from quantrewrite.recipe import load_recipe, save_recipe
+from quantrewrite.recipe import RecipeError, load_recipe, save_recipe
 from quantrewrite.registry import (
     ArgSpec,
     RegistryError,
@@ -35,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ArgSpec",
+    "CalibrationResult",
     "ExportError",
     "ExportReport",
     "Plan",
@@ -43,6 +44,7 @@ __all__ = [
     "QuantConfigError",
     "QuantDescriptor",
     "QuantDescriptorError",
+    "RecipeError",
     "RegistryError",
     "RewriteError",
     "TensorQuantizer",
@@ -50,10 +52,12 @@ __all__ = [
     "available_presets",
     "calib",
     "calibrate",
+    "calibration",
     "disable_quantizers",
     "enable_quantizers",
     "export_onnx",
     "list_quantizers",
+    "load_calib_amax",
     "load_config",
     "load_recipe",
     "nn",
