@@ -100,7 +100,7 @@ def apply_plan(model: nn.Module, rp: RewritePlan) -> nn.Module:
         _replace_arg(op.node, slot, qnode)
         scopes_to_rebuild.setdefault(op.scope, []).append(op)
 
-    # 3. Rebuild the scopes whose graphs changed, innermost names last does not matter: scopes are disjoint.
+    # 3. Rebuild the scopes whose graphs changed (traced scopes are disjoint subtrees: order does not matter).
     for scope in rp.trace.traced if rp.trace else []:
         if scope.name not in scopes_to_rebuild:
             continue
