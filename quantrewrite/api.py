@@ -20,7 +20,8 @@ from quantrewrite.rewrite.apply import apply_plan
 from quantrewrite.rewrite.planner import RewritePlan, build_plan
 from quantrewrite.rewrite.tracer import trace_scopes
 
-__all__ = ["disable_quantizers", "enable_quantizers", "list_quantizers", "plan", "quantize_model", "summary"]
+__all__ = ["QuantConfig", "QuantConfigError", "RewriteError", "disable_quantizers", "enable_quantizers",
+           "list_quantizers", "plan", "quantize_model", "summary"]
 
 logger = logging.getLogger(__name__)
 
@@ -159,8 +160,9 @@ def enable_quantizers(model: nn.Module, *patterns: str) -> list[str]:
 
 def summary(model: nn.Module) -> str:
     """A table of every quantizer: name, state, descriptor and amax."""
+    quantizers = list_quantizers(model)
     rows = [("quantizer", "state", "descriptor / amax")]
-    for name, quantizer in list_quantizers(model).items():
+    for name, quantizer in quantizers.items():
         state = "enabled" if quantizer.is_enabled else "disabled"
         # extra_repr() of a disabled quantizer is just "disabled": show its descriptor and amax anyway
         detail = (quantizer.extra_repr() if quantizer.is_enabled
@@ -169,8 +171,6 @@ def summary(model: nn.Module) -> str:
     width = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0].ljust(width[0])}  {r[1].ljust(width[1])}  {r[2]}" for r in rows]
     lines.insert(1, f"{'-' * width[0]}  {'-' * width[1]}  {'-' * 17}")
-    lines.append(f"{len(rows) - 1} quantizers, {sum(q.is_enabled for q in list_quantizers(model).values())} enabled")
+    lines.append(f"{len(quantizers)} quantizers, {sum(q.is_enabled for q in quantizers.values())} enabled")
     return "\n".join(lines)
 
-
-__all__ += ["QuantConfig", "QuantConfigError", "RewriteError"]

@@ -158,6 +158,15 @@ class FunctionSpec:
 
 
 _FUNCTIONS: dict[str, FunctionSpec] = {}
+# (FX op, target) -> spec, derived from _FUNCTIONS: the rewrite looks up every graph node here.
+_BY_TARGET: dict[tuple[str, Any], FunctionSpec] = {}
+
+
+def _reindex() -> None:
+    _BY_TARGET.clear()
+    for spec in _FUNCTIONS.values():
+        _BY_TARGET.update({("call_function", f): spec for f in spec.functions})
+        _BY_TARGET.update({("call_method", m): spec for m in spec.methods})
 
 
 def register_quant_function(name: str, *, functions: Sequence[Callable[..., Any]] = (),
@@ -188,13 +197,16 @@ def register_quant_function(name: str, *, functions: Sequence[Callable[..., Any]
             raise RegistryError(f"op {name!r}: targets {sorted(map(_target_name, shared))} already belong to "
                                 f"op {other.name!r}; unregister it first")
     _FUNCTIONS[name] = spec
+    _reindex()
     return spec
 
 
 def unregister_quant_function(name: str) -> FunctionSpec:
     if name not in _FUNCTIONS:
         raise RegistryError(f"op {name!r} is not registered{did_you_mean(name, _FUNCTIONS)}")
-    return _FUNCTIONS.pop(name)
+    spec = _FUNCTIONS.pop(name)
+    _reindex()
+    return spec
 
 
 def function_spec(name: str) -> FunctionSpec | None:
@@ -204,12 +216,10 @@ def function_spec(name: str) -> FunctionSpec | None:
 def function_spec_for_target(op: str, target: Any) -> FunctionSpec | None:
     """The spec for an FX node's (op, target): ``call_function`` with a callable or ``call_method`` with a
     method name; None when the op is not registered."""
-    for spec in _FUNCTIONS.values():
-        if op == "call_function" and target in spec.functions:
-            return spec
-        if op == "call_method" and target in spec.methods:
-            return spec
-    return None
+    try:
+        return _BY_TARGET.get((op, target))
+    except TypeError:  # an unhashable callable target cannot be a registered one
+        return None
 
 
 def registered_functions() -> dict[str, FunctionSpec]:
