@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import difflib
 import logging
 import sys
 import time
@@ -26,11 +27,16 @@ from quantrewrite import calib
 from quantrewrite.calib import distributed
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 
-__all__ = ["HISTOGRAM_METHODS", "CalibrationResult", "calibrate", "calibration", "load_calib_amax"]
+__all__ = ["CALIB_METHODS", "DEFAULT_METHOD", "HISTOGRAM_METHODS", "CalibrationResult", "calibrate", "calibration",
+           "load_calib_amax"]
 
 logger = logging.getLogger(__name__)
 
-HISTOGRAM_METHODS = ("entropy", "percentile", "mse")
+# The methods ``calibrate`` accepts: the one list every other place (the CLI's --method, docs) derives from.
+# Max calibrators always give the max; the method decides how histogram calibrators pick amax.
+CALIB_METHODS = ("max", "entropy", "percentile", "mse")
+DEFAULT_METHOD = "entropy"
+HISTOGRAM_METHODS = CALIB_METHODS  # the former name, kept for existing imports
 
 
 @dataclass
@@ -49,7 +55,7 @@ class CalibrationResult:
     calibrated: list[str] = field(default_factory=list)
     no_data: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-    method: str = "entropy"
+    method: str = DEFAULT_METHOD
     batches: int = 0
     seconds: float = 0.0
 
@@ -89,15 +95,17 @@ def calibration(model: nn.Module) -> Iterator[dict[str, TensorQuantizer]]:
 
 
 def _check_method(method: str) -> None:
-    if method not in HISTOGRAM_METHODS:
-        raise ValueError(f"method: expected one of {list(HISTOGRAM_METHODS)}, got {method!r}")
+    if method not in CALIB_METHODS:
+        close = difflib.get_close_matches(str(method), CALIB_METHODS, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"method: expected one of {list(CALIB_METHODS)}, got {method!r}{hint}")
 
 
-def load_calib_amax(model: nn.Module, method: str = "entropy", *, percentile: float = 99.99,
+def load_calib_amax(model: nn.Module, method: str = DEFAULT_METHOD, *, percentile: float = 99.99,
                     **kwargs: Any) -> CalibrationResult:
     """Set every enabled quantizer's amax from its calibrator.
 
-    Max calibrators give the max; histogram calibrators use ``method`` ("entropy", "percentile", "mse").
+    Max calibrators give the max; histogram calibrators use ``method`` (one of ``CALIB_METHODS``).
     When ``torch.distributed`` is initialised, the ranks first combine their statistics, so every rank
     ends with the same amax. Quantizers whose calibrator saw no data keep their amax and are named in one
     warning.
@@ -144,7 +152,7 @@ def _progress(data: Iterable[Any], total: int | None, enabled: bool) -> Iterable
 
 
 def calibrate(model: nn.Module, data: Iterable[Any], *, forward: Callable[[nn.Module, Any], Any] | None = None,
-              method: str = "entropy", percentile: float = 99.99, num_batches: int | None = None,
+              method: str = DEFAULT_METHOD, percentile: float = 99.99, num_batches: int | None = None,
               progress: bool = True) -> CalibrationResult:
     """Calibrate every enabled quantizer of ``model`` on ``data``.
 
@@ -156,7 +164,8 @@ def calibrate(model: nn.Module, data: Iterable[Any], *, forward: Callable[[nn.Mo
         model: a quantized model (from ``quantize_model``).
         data: an iterable of batches: tensors, tuples (positional arguments) or dicts (keyword arguments).
         forward: ``forward(model, batch)`` to feed other batch types.
-        method: "entropy", "percentile" or "mse" for histogram calibrators.
+        method: how histogram calibrators pick amax, one of ``CALIB_METHODS`` ("max", "entropy",
+            "percentile", "mse"); default ``DEFAULT_METHOD``.
         percentile: the percentile for method="percentile".
         num_batches: stop after this many batches.
         progress: show a progress bar (only on a terminal).

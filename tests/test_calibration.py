@@ -14,7 +14,7 @@ from torch import nn
 
 import quantrewrite as qr
 from quantrewrite.calib.distributed import merge_histograms
-from quantrewrite.calibration import calibrate, calibration, load_calib_amax
+from quantrewrite.calibration import CALIB_METHODS, DEFAULT_METHOD, calibrate, calibration, load_calib_amax
 from quantrewrite.models import ResidualCNN
 
 MAX_CONFIG = "int8_max"
@@ -74,13 +74,30 @@ def test_calibrate_runs_in_eval_mode_so_batchnorm_stats_do_not_move():
     assert torch.equal(qmodel.bn1.running_mean, before)
 
 
-@pytest.mark.parametrize("method", ["entropy", "percentile", "mse"])
+@pytest.mark.parametrize("method", CALIB_METHODS)
 def test_histogram_methods_give_amax_within_data_range(method):
     qmodel = qr.quantize_model(ResidualCNN(2, 8), "int8_default")
     batches = _batches()
     calibrate(qmodel, batches, method=method, progress=False)
     amax = qmodel.conv1.input_quantizer.amax
     assert 0 < amax.item() <= max(b.abs().max().item() for b in batches) * 1.001
+
+
+def test_max_method_on_histogram_calibrators_equals_max_calibration():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+    batches = _batches(3, (5, 8))
+    by_histogram = qr.quantize_model(model, "int8_default")
+    by_max = qr.quantize_model(model, MAX_CONFIG)
+    result = calibrate(by_histogram, batches, method="max", progress=False)
+    calibrate(by_max, batches, progress=False)
+    assert result.method == "max"
+    for name, quantizer in qr.list_quantizers(by_max).items():
+        assert torch.equal(qr.list_quantizers(by_histogram)[name].amax, quantizer.amax), name
+
+
+def test_default_method_is_an_accepted_method():
+    assert DEFAULT_METHOD in CALIB_METHODS
+    assert calibrate.__kwdefaults__["method"] == DEFAULT_METHOD
 
 
 def test_percentile_parameter_reaches_the_calibrator():
@@ -124,6 +141,8 @@ def test_num_batches_limits_the_loop_and_errors_are_clear():
     assert qmodel.used.input_quantizer.amax.item() == 2.0
     with pytest.raises(ValueError, match="method"):
         calibrate(qmodel, batches, method="kl", progress=False)
+    with pytest.raises(ValueError, match="did you mean 'entropy'"):
+        calibrate(qmodel, batches, method="entropi", progress=False)
     with pytest.raises(ValueError, match="no batch"):
         calibrate(qmodel, [], progress=False)
     with pytest.raises(TypeError, match="forward="):
@@ -177,11 +196,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+DISTRIBUTED_CASES = ((MAX_CONFIG, "entropy"),) + tuple(("int8_default", method) for method in CALIB_METHODS)
+
+
 def _distributed_worker(rank: int, world: int, port: int, results) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        for config, method in ((MAX_CONFIG, "entropy"), ("int8_default", "percentile"), ("int8_default", "mse")):
+        for config, method in DISTRIBUTED_CASES:
             torch.manual_seed(0)
             qmodel = qr.quantize_model(ResidualCNN(2, 8).eval(), config)
             batches = _batches(4, seed=7)[rank::world]
@@ -200,7 +222,7 @@ def test_two_ranks_agree_with_each_other_and_with_one_process():
         results = manager.dict()
         mp.spawn(_distributed_worker, args=(world, _free_port(), results), nprocs=world, join=True)
         results = dict(results)
-    for config, method in ((MAX_CONFIG, "entropy"), ("int8_default", "percentile"), ("int8_default", "mse")):
+    for config, method in DISTRIBUTED_CASES:
         rank0, rank1 = results[(0, config, method)], results[(1, config, method)]
         torch.manual_seed(0)
         single = qr.quantize_model(ResidualCNN(2, 8).eval(), config)
@@ -213,4 +235,12 @@ def test_two_ranks_agree_with_each_other_and_with_one_process():
             else:  # histogram methods: the same grid as the single process, amax within one bin of it
                 width = (quantizer.calibrator.bin_edges[1] - quantizer.calibrator.bin_edges[0]).item()
                 assert results[(0, config, method, "width")][name] == pytest.approx(width)
-                assert abs(rank0[name].item() - quantizer.amax.item()) <= width * 1.01, name
+                gap = abs(rank0[name].item() - quantizer.amax.item())
+                if method == "max":
+                    assert gap == 0, name
+                elif method == "entropy":
+                    # KL's minimum is flat on few samples: re-binning moves it (13% on one quantizer here), which
+                    # is one reason entropy is not the default. The ranks still agree (checked above).
+                    continue
+                else:
+                    assert gap <= width * 1.01, (name, method, gap)

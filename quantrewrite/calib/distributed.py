@@ -6,9 +6,9 @@ identical statistics and so identical amax:
 
 * max calibrators: the element-wise max of the ranks' running amax (exactly what one process would get on
   the union of the data);
-* histogram calibrators: the ranks' histograms are re-binned onto one common grid, the first rank's (its bin
-  width, grown to reach the largest range), as if one process had seen the ranks' data in rank order; the
-  other ranks' counts are spread over it through their cumulative counts (see ``merge_histograms``), so an
+* histogram calibrators: the largest |x| is the max over ranks (exact); the ranks' histograms are re-binned
+  onto one common grid, the first rank's (its bin width, grown to reach the largest range), as if one
+  process had seen the ranks' data in rank order; the other ranks' counts are spread over it through their cumulative counts (see ``merge_histograms``), so an
   amax lands within about one bin of that single process's (exactly the same when the widths agree).
 """
 
@@ -37,7 +37,8 @@ def _state(calibrator: Any) -> tuple:
         return ("max", None if amax is None else amax.detach().cpu())
     if isinstance(calibrator, HistogramCalibrator):
         counts = calibrator._counts
-        return ("histogram", calibrator._base_max, None if counts is None else counts.cpu(), calibrator._zeros)
+        return ("histogram", calibrator._base_max, None if counts is None else counts.cpu(), calibrator._zeros,
+                calibrator._max)
     return ("other",)
 
 
@@ -92,6 +93,7 @@ def _apply(calibrator: Any, states: list[tuple]) -> None:
         calibrator._amax = merged.to(device)
     elif isinstance(calibrator, HistogramCalibrator):
         base, merged = merge_histograms([(s[1], s[2], s[3]) for s in states], calibrator.num_bins)
+        calibrator._max = max(s[4] for s in states)
         if base is None:
             calibrator._zeros = merged
             return

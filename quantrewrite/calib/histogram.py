@@ -10,6 +10,7 @@ as a count and land in bin 0 once the range is known.
 
 Methods of ``compute_amax`` (they run on CPU; the histogram has a few thousand bins):
 
+* ``max``: the largest |x| seen (exact, kept beside the histogram).
 * ``percentile``: the left edge of the first bin where the CDF of the counts reaches p / 100.
 * ``mse``: the bin centre c_i (i >= start_bin) minimising Σ_j n_j (fake_quant(c_j, c_i) − c_j)²;
   the first minimum wins.
@@ -41,7 +42,7 @@ __all__ = ["HistogramCalibrator", "amax_entropy", "amax_mse", "amax_percentile"]
 
 logger = logging.getLogger(__name__)
 
-METHODS = ("entropy", "mse", "percentile")
+METHODS = ("max", "entropy", "mse", "percentile")
 KL_TIE = 1e-12
 # elements per step of the torch counting path (CUDA, or CPU without numba); bounds its temporaries. Small
 # on CPU, where fresh multi-MB temporaries cost more in page faults than the extra steps.
@@ -80,7 +81,7 @@ def _last_argmin(kl: np.ndarray) -> int:
 
 
 class HistogramCalibrator(_Calibrator):
-    """Histogram of |x| (per tensor) and entropy / mse / percentile amax.
+    """Histogram of |x| (per tensor) and max / entropy / mse / percentile amax.
 
     Args:
         num_bits: bits of the quantizer the amax is for.
@@ -152,6 +153,7 @@ class HistogramCalibrator(_Calibrator):
         self._base_max: float | None = None
         self._counts: torch.Tensor | None = None
         self._zeros = 0
+        self._max = 0.0
         self._edge_cache: tuple | None = None
 
     def _collect(self, x: torch.Tensor) -> None:
@@ -164,6 +166,7 @@ class HistogramCalibrator(_Calibrator):
         x_max = max(hi.item(), -lo.item())
         if not math.isfinite(x_max):
             raise ValueError(f"HistogramCalibrator.collect: input contains non-finite values (max |x| {x_max})")
+        self._max = max(self._max, x_max)
         if self._counts is None:
             if x_max == 0.0:
                 self._zeros += 0 if self._skip_zeros else x.numel()
@@ -202,7 +205,7 @@ class HistogramCalibrator(_Calibrator):
         """The amax (float32 0-d tensor on the histogram's device) by ``method``; see the module docstring.
 
         Args:
-            method: 'entropy', 'mse' or 'percentile'.
+            method: 'max', 'entropy', 'mse' or 'percentile'.
             stride: step between candidate bins (entropy, mse).
             start_bin: first candidate bin (entropy, mse).
             percentile: in [0, 100] (percentile).
@@ -223,7 +226,9 @@ class HistogramCalibrator(_Calibrator):
             return torch.tensor(0.0, dtype=torch.float32) if self._zeros else None
         counts = self._counts.cpu().numpy()
         edges = self._edges(counts.size, torch.device("cpu")).numpy()
-        if method == "percentile":
+        if method == "max":
+            amax = self._max
+        elif method == "percentile":
             amax = amax_percentile(counts, edges, percentile)
         elif method == "mse":
             amax = amax_mse(counts, edges, self._num_bits, self._unsigned, stride, start_bin)

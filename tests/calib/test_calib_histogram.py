@@ -128,7 +128,7 @@ def test_per_channel_is_rejected():
 
 def test_no_data_is_none_and_reset():
     calibrator = calib.HistogramCalibrator()
-    for method in ("entropy", "mse", "percentile"):
+    for method in ("max", "entropy", "mse", "percentile"):
         assert calibrator.compute_amax(method) is None
     calibrator.collect(torch.rand(100))
     calibrator.reset()
@@ -168,7 +168,20 @@ def test_unknown_method_suggests():
     with pytest.raises(ValueError, match="did you mean 'entropy'"):
         calibrator.compute_amax("entropi")
     with pytest.raises(ValueError, match="expected one of"):
-        calibrator.compute_amax("max")
+        calibrator.compute_amax("kl")
+
+
+def test_max_method_is_the_exact_largest_magnitude_over_batches():
+    gen = torch.Generator().manual_seed(5)
+    batches = [torch.randn(257, generator=gen) * scale for scale in (1.0, 3.0, 0.5)]
+    calibrator = calib.HistogramCalibrator()
+    for x in batches:
+        calibrator.collect(x)
+    expected = max(x.abs().max().item() for x in batches)
+    assert calibrator.compute_amax("max").item() == expected
+    only_zeros = calib.HistogramCalibrator()
+    only_zeros.collect(torch.zeros(4))
+    assert only_zeros.compute_amax("max").item() == 0.0
 
 
 @pytest.mark.parametrize("percentile", [-0.1, 100.5], ids=["below", "above"])

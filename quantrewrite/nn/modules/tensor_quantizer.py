@@ -29,9 +29,6 @@ __all__ = ["CalibrationError", "TensorQuantizer"]
 
 logger = logging.getLogger(__name__)
 
-HISTOGRAM_METHODS = ("entropy", "percentile", "mse")
-
-
 _ONNX_FLAGS: tuple[Any, ...] | None = None
 
 
@@ -344,7 +341,7 @@ class TensorQuantizer(nn.Module):
     def load_calib_amax(self, method: str | None = None, *, strict: bool = True, **kwargs: Any):
         """Set amax from the calibrator's statistics.
 
-        Max calibrators take no method (and no options); histogram calibrators need "entropy",
+        Max calibrators take no method (and no options); histogram calibrators need "max", "entropy",
         "percentile" or "mse" (keyword arguments go to ``compute_amax``, e.g. ``percentile=99.9``).
 
         Returns the new amax, or None when the calibrator saw no data and ``strict`` is False (amax is then
@@ -369,7 +366,7 @@ class TensorQuantizer(nn.Module):
             amax = self._calibrator.compute_amax()
         else:
             if method is None:
-                raise ValueError(f"a histogram calibrator needs a method: one of {list(HISTOGRAM_METHODS)}")
+                raise ValueError(f"a histogram calibrator needs a method: one of {list(calib.histogram.METHODS)}")
             amax = self._calibrator.compute_amax(method, **kwargs)
         if amax is None:
             message = (f"{type(self._calibrator).__name__} saw no data: no batch reached this quantizer while "
