@@ -8,8 +8,9 @@ identical statistics and so identical amax:
   the union of the data);
 * histogram calibrators: the largest |x| is the max over ranks (exact); the ranks' histograms are re-binned
   onto one common grid, the first rank's (its bin width, grown to reach the largest range), as if one
-  process had seen the ranks' data in rank order; the other ranks' counts are spread over it through their cumulative counts (see ``merge_histograms``), so an
-  amax lands within about one bin of that single process's (exactly the same when the widths agree).
+  process had seen the ranks' data in rank order; the other ranks' counts are spread over it through their
+  cumulative counts (see ``merge_histograms``), so an amax lands within about one bin of that single
+  process's (exactly the same when the widths agree).
 """
 
 from __future__ import annotations
