@@ -2,10 +2,11 @@
 
 The public verbs and types. The pytorch-quantization import paths live beside them:
 ``from quantrewrite import nn as quant_nn``, ``from quantrewrite import calib``,
-``from quantrewrite.tensor_quant import QuantDescriptor``.
+``from quantrewrite.tensor_quant import QuantDescriptor``, ``quantrewrite.quant_modules.initialize()``,
+``quantrewrite.enable_onnx_export()`` (see MIGRATION.md).
 """
 
-from quantrewrite import calib, nn, tensor_quant
+from quantrewrite import calib, nn, optim, quant_modules, tensor_quant, utils
 from quantrewrite.api import (
     RewriteError,
     disable_quantizers,
@@ -21,6 +22,7 @@ from quantrewrite.descriptor import QuantDescriptor, QuantDescriptorError
 from quantrewrite.export import ExportError, ExportReport, export_onnx
 from quantrewrite.nn import TensorQuantizer
 from quantrewrite.plan import Plan, PlanEntry
+from quantrewrite.quant_modules import deactivate, enable_onnx_export, initialize
 from quantrewrite.recipe import RecipeError, load_recipe, save_recipe
 from quantrewrite.registry import (
     ArgSpec,
@@ -53,15 +55,20 @@ __all__ = [
     "calib",
     "calibrate",
     "calibration",
+    "deactivate",
     "disable_quantizers",
+    "enable_onnx_export",
     "enable_quantizers",
     "export_onnx",
+    "initialize",
     "list_quantizers",
     "load_calib_amax",
     "load_config",
     "load_recipe",
     "nn",
+    "optim",
     "plan",
+    "quant_modules",
     "quantize_model",
     "register_quant_function",
     "register_quant_module",
@@ -70,4 +77,5 @@ __all__ = [
     "tensor_quant",
     "unregister_quant_function",
     "unregister_quant_module",
+    "utils",
 ]

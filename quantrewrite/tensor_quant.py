@@ -50,15 +50,24 @@ from quantrewrite.descriptor import (  # noqa: F401  (re-exported: the pytorch-q
 __all__ = [
     "AMAX_EPSILON",
     "FP8_E4M3_MAX",
+    "FakeAffineTensorQuantFunction",
+    "FakeTensorQuantFunction",
+    "LegacyFakeTensorQuantFunction",
+    "NegativeInputError",
     "QuantDescriptor",
     "QuantDescriptorError",
     "QuantGrid",
+    "ScaledE4M3Function",
     "ScaledQuantDescriptor",
+    "TensorQuantFunction",
+    "fake_affine_tensor_quant",
     "fake_e4m3_quant",
     "fake_tensor_quant",
+    "legacy_fake_tensor_quant",
     "prepare_grid",
     "quant_bounds",
     "quantize_with_grid",
+    "scaled_e4m3",
     "tensor_quant",
 ]
 
@@ -196,8 +205,12 @@ def _layout(shape: tuple[int, ...], amax_shape: tuple[int, ...]) -> _Layout:
     return _Layout(padded, (outer, channels, inner))
 
 
+class NegativeInputError(ValueError, TypeError):
+    """An unsigned quantizer got a negative input (a TypeError in pytorch-quantization)."""
+
+
 def _negative_input_error(inputs: torch.Tensor) -> ValueError:
-    return ValueError("negative values encountered in unsigned quantization "
+    return NegativeInputError("Negative values encountered in unsigned quantization "
                       f"(min {inputs.min().item():g}); use a signed quantizer for this tensor")
 
 
@@ -329,3 +342,16 @@ def fake_e4m3_quant(inputs: torch.Tensor, amax: torch.Tensor | float) -> torch.T
     """FP8 E4M3 fake quantization: scale = 448 / amax, round through torch.float8_e4m3fn (saturating at
     ±448), divide back. Straight-through gradient like ``fake_tensor_quant``."""
     return quantize_with_grid(inputs, prepare_grid(amax, (4, 3), device=inputs.device), fake=True)
+
+
+# pytorch-quantization's other functions and Function classes (defined in legacy_quant.py, importable from here).
+from quantrewrite.legacy_quant import (
+    FakeAffineTensorQuantFunction,
+    FakeTensorQuantFunction,
+    LegacyFakeTensorQuantFunction,
+    ScaledE4M3Function,
+    TensorQuantFunction,
+    fake_affine_tensor_quant,
+    legacy_fake_tensor_quant,
+    scaled_e4m3,
+)

@@ -16,5 +16,6 @@ from __future__ import annotations
 from quantrewrite.calib.calibrator import _Calibrator
 from quantrewrite.calib.histogram import HistogramCalibrator
 from quantrewrite.calib.max import MaxCalibrator
+from quantrewrite.calib.weights import calibrate_weights
 
-__all__ = ["HistogramCalibrator", "MaxCalibrator", "_Calibrator"]
+__all__ = ["HistogramCalibrator", "MaxCalibrator", "_Calibrator", "calibrate_weights"]

@@ -79,11 +79,14 @@ class _Calibrator(abc.ABC):
         return self._num_batches
 
     def collect(self, x: torch.Tensor) -> None:
-        """Record statistics of one batch. Never differentiable: ``x`` is detached."""
+        """Record statistics of one batch. Never differentiable: ``x`` is detached. Integer tensors are cast to
+        float32 (exact up to 2^24)."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{type(self).__name__}.collect: expected a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"{type(self).__name__}.collect: expected a floating point tensor, got {x.dtype}")
+        if x.dtype == torch.bool or x.is_complex():
+            raise TypeError(f"{type(self).__name__}.collect: expected a real number tensor, got {x.dtype}")
+        if not x.is_floating_point():  # integer data (e.g. uint8 pixels): counted as float32, as the original does
+            x = x.float()
         with torch.no_grad():
             self._collect(x.detach())
         self._num_batches += 1

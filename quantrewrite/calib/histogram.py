@@ -139,6 +139,16 @@ class HistogramCalibrator(_Calibrator):
             return torch.zeros(2, dtype=torch.float64) if self._zeros else None
         return self._edges(self._counts.numel(), self._counts.device).clone()
 
+    @property
+    def _calib_hist(self) -> torch.Tensor | None:
+        """pytorch-quantization's name of the counts (read-only; int64 here, float32 there)."""
+        return self.histogram
+
+    @property
+    def _calib_bin_edges(self) -> torch.Tensor | None:
+        """pytorch-quantization's name of the bin edges (read-only; float64 here)."""
+        return self.bin_edges
+
     def _edges(self, nbins: int, device: torch.device) -> torch.Tensor:
         key = (nbins, str(device), self._base_max)
         if self._edge_cache is None or self._edge_cache[0] != key:

@@ -8,7 +8,11 @@ import torch
 
 from quantrewrite.calib.calibrator import _Calibrator, normalize_axis
 
-__all__ = ["MaxCalibrator"]
+__all__ = ["AmaxShapeChangedError", "MaxCalibrator"]
+
+
+class AmaxShapeChangedError(ValueError, RuntimeError):
+    """A batch gives a per-channel amax of another shape (a RuntimeError in pytorch-quantization)."""
 
 
 def _abs_max(x: torch.Tensor, kept: tuple[int, ...] | None) -> torch.Tensor:
@@ -64,6 +68,11 @@ class MaxCalibrator(_Calibrator):
         """Per-batch amaxes (CPU float32), in order; empty unless ``track_amax``."""
         return list(self._amaxs)
 
+    @property
+    def _calib_amax(self) -> torch.Tensor | None:
+        """pytorch-quantization's name of the running amax (read-only)."""
+        return self._amax
+
     def _collect(self, x: torch.Tensor) -> None:
         kept = None if self._axis_dims is None else normalize_axis(self._axis_dims, x.dim())
         local = _abs_max(x, kept)
@@ -71,7 +80,7 @@ class MaxCalibrator(_Calibrator):
             self._amax = local
         else:
             if local.shape != self._amax.shape:
-                raise ValueError(f"MaxCalibrator(axis={self._axis}): the per-channel amax shape changed "
+                raise AmaxShapeChangedError(f"MaxCalibrator(axis={self._axis}): the per-channel amax shape changed "
                                  f"from {list(self._amax.shape)} to {list(local.shape)} (input shape "
                                  f"{list(x.shape)}); every batch must have the same size along the axis")
             self._amax = torch.maximum(self._amax.to(local.device), local)

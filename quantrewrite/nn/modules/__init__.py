@@ -3,6 +3,12 @@
 from quantrewrite.nn.modules.clip import Clip
 from quantrewrite.nn.modules.quant_attention import QuantMultiheadAttention
 from quantrewrite.nn.modules.quant_conv import (
+    Conv1d,
+    Conv2d,
+    Conv3d,
+    ConvTranspose1d,
+    ConvTranspose2d,
+    ConvTranspose3d,
     QuantConv1d,
     QuantConv2d,
     QuantConv3d,
@@ -11,9 +17,18 @@ from quantrewrite.nn.modules.quant_conv import (
     QuantConvTranspose3d,
 )
 from quantrewrite.nn.modules.quant_instancenorm import QuantInstanceNorm1d, QuantInstanceNorm2d, QuantInstanceNorm3d
-from quantrewrite.nn.modules.quant_linear import QuantLinear
+from quantrewrite.nn.modules.quant_linear import Linear, QuantLinear
 from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin, pop_quant_desc_in_kwargs
 from quantrewrite.nn.modules.quant_pooling import (
+    AdaptiveAvgPool1d,
+    AdaptiveAvgPool2d,
+    AdaptiveAvgPool3d,
+    AvgPool1d,
+    AvgPool2d,
+    AvgPool3d,
+    MaxPool1d,
+    MaxPool2d,
+    MaxPool3d,
     QuantAdaptiveAvgPool1d,
     QuantAdaptiveAvgPool2d,
     QuantAdaptiveAvgPool3d,
@@ -24,11 +39,42 @@ from quantrewrite.nn.modules.quant_pooling import (
     QuantMaxPool2d,
     QuantMaxPool3d,
 )
-from quantrewrite.nn.modules.tensor_quantizer import CalibrationError, TensorQuantizer
+from quantrewrite.nn.modules.quant_rnn import (
+    GRU,
+    LSTM,
+    GRUCell,
+    LSTMCell,
+    QuantGRU,
+    QuantGRUCell,
+    QuantLSTM,
+    QuantLSTMCell,
+)
+from quantrewrite.nn.modules.tensor_quantizer import AmaxShapeError, CalibrationError, TensorQuantizer
 
 __all__ = [
+    "GRU",
+    "LSTM",
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "AmaxShapeError",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
     "CalibrationError",
     "Clip",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+    "GRUCell",
+    "LSTMCell",
+    "Linear",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
     "QuantAdaptiveAvgPool1d",
     "QuantAdaptiveAvgPool2d",
     "QuantAdaptiveAvgPool3d",
@@ -41,10 +87,14 @@ __all__ = [
     "QuantConvTranspose1d",
     "QuantConvTranspose2d",
     "QuantConvTranspose3d",
+    "QuantGRU",
+    "QuantGRUCell",
     "QuantInputMixin",
     "QuantInstanceNorm1d",
     "QuantInstanceNorm2d",
     "QuantInstanceNorm3d",
+    "QuantLSTM",
+    "QuantLSTMCell",
     "QuantLinear",
     "QuantMaxPool1d",
     "QuantMaxPool2d",

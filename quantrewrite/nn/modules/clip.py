@@ -5,12 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Clip", "clip"]
+__all__ = ["Clip", "ClipFunction", "clip"]
 
 
-class _ClipFunction(torch.autograd.Function):
+class ClipFunction(torch.autograd.Function):
     """y = clamp(x, lo, hi). grad_x passes where lo < x < hi; grad_lo = sum(grad where x <= lo) and
-    grad_hi = sum(grad where x >= hi), summed in float32."""
+    grad_hi = sum(grad where x >= hi), summed in float32. Bounds that need a gradient must be scalars."""
 
     @staticmethod
     def forward(ctx, inputs, clip_min, clip_max):
@@ -25,6 +25,11 @@ class _ClipFunction(torch.autograd.Function):
         zero = torch.zeros((), dtype=grad.dtype, device=grad.device)
         grad_inputs = torch.where(below | above, zero, grad) if ctx.needs_input_grad[0] else None
         grad_min = grad_max = None
+        learned = [b for b, needs in ((clip_min, ctx.needs_input_grad[1]), (clip_max, ctx.needs_input_grad[2]))
+                   if needs]
+        if any(bound.numel() != 1 for bound in learned):
+            raise ValueError("clip: learnable clip bounds can only be scalar, got bounds of shapes "
+                             f"{list(clip_min.shape)} and {list(clip_max.shape)}")
         if ctx.needs_input_grad[1]:
             grad_min = torch.where(below, grad, zero).sum(dtype=torch.float32)
             grad_min = grad_min.reshape(clip_min.shape).to(clip_min.dtype)
@@ -35,7 +40,7 @@ class _ClipFunction(torch.autograd.Function):
 
 
 def clip(inputs: torch.Tensor, clip_min: torch.Tensor | float, clip_max: torch.Tensor | float) -> torch.Tensor:
-    """Clamp with gradients to the two bounds (see _ClipFunction).
+    """Clamp with gradients to the two bounds (see ClipFunction).
 
     Example:
         >>> lo = torch.tensor(-1.0, requires_grad=True)
@@ -48,7 +53,7 @@ def clip(inputs: torch.Tensor, clip_min: torch.Tensor | float, clip_max: torch.T
         clip_min = torch.tensor(float(clip_min), device=inputs.device)
     if not isinstance(clip_max, torch.Tensor):
         clip_max = torch.tensor(float(clip_max), device=inputs.device)
-    return _ClipFunction.apply(inputs, clip_min, clip_max)
+    return ClipFunction.apply(inputs, clip_min, clip_max)
 
 
 class Clip(nn.Module):

@@ -35,6 +35,12 @@ from quantrewrite.nn.modules.quant_mixins import QuantMixin, pop_quant_desc_in_k
 from quantrewrite.registry import register_quant_module
 
 __all__ = [
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
     "QuantConv1d",
     "QuantConv2d",
     "QuantConv3d",
@@ -170,3 +176,12 @@ class QuantConvTranspose3d(_QuantConvTransposeNd, nn.ConvTranspose3d):
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, output_padding, groups, bias,
                          dilation, padding_mode, device, dtype)
         self.init_quantizer(quant_desc_input, quant_desc_weight)
+
+
+# pytorch-quantization's short names.
+Conv1d = QuantConv1d
+Conv2d = QuantConv2d
+Conv3d = QuantConv3d
+ConvTranspose1d = QuantConvTranspose1d
+ConvTranspose2d = QuantConvTranspose2d
+ConvTranspose3d = QuantConvTranspose3d

@@ -18,7 +18,10 @@ from quantrewrite.descriptor import QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW, QUANT
 from quantrewrite.nn.modules.quant_mixins import QuantMixin, pop_quant_desc_in_kwargs
 from quantrewrite.registry import register_quant_module
 
-__all__ = ["QuantLinear"]
+__all__ = [
+    "Linear",
+    "QuantLinear",
+]
 
 
 @register_quant_module(nn.Linear)
@@ -36,3 +39,7 @@ class QuantLinear(nn.Linear, QuantMixin):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.linear(self._input_quantizer.transient(input), self._weight_quantizer(self.weight), self.bias)
+
+
+# pytorch-quantization's short names.
+Linear = QuantLinear

@@ -22,6 +22,15 @@ from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, pop_quant_desc
 from quantrewrite.registry import register_quant_module
 
 __all__ = [
+    "AdaptiveAvgPool1d",
+    "AdaptiveAvgPool2d",
+    "AdaptiveAvgPool3d",
+    "AvgPool1d",
+    "AvgPool2d",
+    "AvgPool3d",
+    "MaxPool1d",
+    "MaxPool2d",
+    "MaxPool3d",
     "QuantAdaptiveAvgPool1d",
     "QuantAdaptiveAvgPool2d",
     "QuantAdaptiveAvgPool3d",
@@ -142,3 +151,15 @@ class QuantAdaptiveAvgPool3d(_QuantAdaptiveAvgPoolNd, nn.AdaptiveAvgPool3d):
     """nn.AdaptiveAvgPool3d with an 8-bit per-tensor input quantizer."""
 
     default_quant_desc_input = QUANT_DESC_8BIT_PER_TENSOR
+
+
+# pytorch-quantization's short names.
+MaxPool1d = QuantMaxPool1d
+MaxPool2d = QuantMaxPool2d
+MaxPool3d = QuantMaxPool3d
+AvgPool1d = QuantAvgPool1d
+AvgPool2d = QuantAvgPool2d
+AvgPool3d = QuantAvgPool3d
+AdaptiveAvgPool1d = QuantAdaptiveAvgPool1d
+AdaptiveAvgPool2d = QuantAdaptiveAvgPool2d
+AdaptiveAvgPool3d = QuantAdaptiveAvgPool3d

@@ -23,9 +23,10 @@ from torch import nn
 
 from quantrewrite.descriptor import QuantDescriptor
 from quantrewrite.nn.modules.clip import Clip
+from quantrewrite.nn.modules.tensor_quantizer_compat import PytorchQuantizationViews, adopted_axis
 from quantrewrite.tensor_quant import FP8_E4M3_MAX, QuantGrid, prepare_grid, quant_bounds, quantize_with_grid
 
-__all__ = ["CalibrationError", "TensorQuantizer"]
+__all__ = ["AmaxShapeError", "CalibrationError", "TensorQuantizer"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,13 @@ class CalibrationError(RuntimeError):
     """A calibrator cannot produce an amax (it saw no data, or was asked for the wrong method)."""
 
 
+class AmaxShapeError(TypeError, RuntimeError):
+    """A new amax (or pre_quant_scale) has another shape than the buffer it would overwrite.
+
+    A TypeError as in early pytorch-quantization and a RuntimeError as in its later versions: both catch it.
+    """
+
+
 def _make_calibrator(desc: QuantDescriptor):
     from quantrewrite import calib
 
@@ -108,7 +116,7 @@ def reduce_amax(inputs: torch.Tensor, axis: tuple[int, ...] | None) -> torch.Ten
     return torch.maximum(x.amax(dim=reduce, keepdim=True), -x.amin(dim=reduce, keepdim=True)).float() + 0.0
 
 
-class TensorQuantizer(nn.Module):
+class TensorQuantizer(PytorchQuantizationViews, nn.Module):
     """Quantize one tensor as its QuantDescriptor says, with calibration and optional learned clipping.
 
     Args:
@@ -248,8 +256,7 @@ class TensorQuantizer(nn.Module):
         if current is None:
             self.register_buffer("_amax", value.clone())
         elif current.shape != value.shape:
-            # TypeError, as in pytorch-quantization.
-            raise TypeError(f"changing shape not allowed: amax has shape {list(current.shape)}, the new value "
+            raise AmaxShapeError(f"changing shape not allowed: amax has shape {list(current.shape)}, the new value "
                             f"{list(value.shape)}")
         else:
             with torch.no_grad():
@@ -275,14 +282,39 @@ class TensorQuantizer(nn.Module):
         state["_weight_cache"] = None
         return state
 
+    def _adopt_axis(self, axis: tuple[int, ...] | None) -> None:
+        """Make the descriptor per-channel on ``axis`` (a checkpoint's or calibrate_weights' amax layout);
+        histogram calibration is per-tensor only, so such a quantizer switches to max calibration."""
+        if axis == self._descriptor.axis:
+            return
+        changes: dict[str, Any] = {"axis": axis}
+        if axis is not None and self._descriptor.calib_method == "histogram":
+            changes["calib_method"] = "max"
+        self._replace_descriptor(**changes)
+        self._calibrator = _make_calibrator(self._descriptor)
+
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
         key = prefix + "_amax"
-        if key in state_dict and self.amax is None:
+        if key in state_dict and isinstance(state_dict[key], torch.Tensor):
+            source = state_dict[key]
             # A checkpoint calibrated elsewhere: create the buffer where the checkpoint's tensor is (CPU
             # included; pytorch-quantization forced CUDA here), then the default loader copies into it.
-            source = state_dict[key]
-            self.register_buffer("_amax", torch.empty(source.shape, dtype=torch.float32, device=source.device))
+            # A per-channel amax along another dim (pytorch-quantization's ConvTranspose weights: [1, C, 1, 1])
+            # replaces the buffer and moves the descriptor's axis there, so forward and export agree with it.
+            axis = adopted_axis(tuple(source.shape), self._descriptor.axis)
+            if axis is not None:
+                logger.info("%s_amax: per-channel on dim %d in the checkpoint; the quantizer's axis follows",
+                            prefix, axis[0])
+                self._adopt_axis(axis)
+            if self.amax is None or (axis is not None and self.amax.shape != source.shape):
+                self.register_buffer("_amax", torch.empty(source.shape, dtype=torch.float32,
+                                                          device=source.device))
+        scale_key = prefix + "_pre_quant_scale"
+        if scale_key in state_dict and self.pre_quant_scale is None:
+            source = state_dict[scale_key]
+            self.register_buffer("_pre_quant_scale", torch.empty(source.shape, dtype=torch.float32,
+                                                                 device=source.device))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -417,6 +449,9 @@ class TensorQuantizer(nn.Module):
         return quantize_with_grid(inputs, grid, fake=False)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        pre_quant_scale = self._buffers.get("_pre_quant_scale")
+        if pre_quant_scale is not None:  # before everything, as in pytorch-quantization (see pre_quant_scale)
+            inputs = inputs * pre_quant_scale.to(inputs.dtype)
         if self._disabled:
             return inputs
         if self._if_calib:
@@ -441,6 +476,7 @@ class TensorQuantizer(nn.Module):
         """
         if (type(inputs) is not torch.Tensor  # fake / functional tensors of torch.export and torch.compile
                 or torch.is_grad_enabled() or self._disabled or self._if_calib or self._if_clip or not self._if_quant
+                or "_pre_quant_scale" in self._buffers
                 or not self._descriptor.fake_quant or inputs.dtype != torch.float32 or not inputs.is_cpu
                 or self._forward_hooks or self._forward_pre_hooks or _has_global_module_hooks()
                 or _in_onnx_export()):
@@ -492,6 +528,8 @@ class TensorQuantizer(nn.Module):
         parts.append(f"amax={self._amax_text()}")
         if desc.scale_amax is not None:
             parts.append(f"*{desc.scale_amax}")
+        if "_pre_quant_scale" in self._buffers:
+            parts.append("pre_quant_scale")
         if desc.learn_amax:
             parts.append("learned")
         if self._calibrator is not None:
