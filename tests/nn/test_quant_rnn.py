@@ -207,10 +207,10 @@ def test_from_float_shares_parameters_and_leaves_the_float_module_alone():
 
 
 def test_unbatched_input_and_cells_without_state():
-    quant, ref = pair("lstm")
+    quant, _ref = pair("lstm")
     quant._input_quantizers[0].amax = 4.0
     x = torch.randn(6, 5)
-    out, (h, c) = quant(x)
+    out, (h, _c) = quant(x)
     assert out.shape == (6, 7) and h.shape == (1, 7)
     cell = QuantGRUCell(5, 7)
     assert cell(torch.randn(5)).shape == (7,)

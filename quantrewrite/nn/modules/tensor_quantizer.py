@@ -23,7 +23,11 @@ from torch import nn
 
 from quantrewrite.descriptor import QuantDescriptor
 from quantrewrite.nn.modules.clip import Clip
-from quantrewrite.nn.modules.tensor_quantizer_compat import PytorchQuantizationViews, adopted_axis
+from quantrewrite.nn.modules.tensor_quantizer_compat import (
+    AmaxShapeError,
+    PytorchQuantizationViews,
+    adopted_axis,
+)
 from quantrewrite.tensor_quant import FP8_E4M3_MAX, QuantGrid, prepare_grid, quant_bounds, quantize_with_grid
 
 __all__ = ["AmaxShapeError", "CalibrationError", "TensorQuantizer"]
@@ -76,13 +80,6 @@ def _has_global_module_hooks() -> bool:
 
 class CalibrationError(RuntimeError):
     """A calibrator cannot produce an amax (it saw no data, or was asked for the wrong method)."""
-
-
-class AmaxShapeError(TypeError, RuntimeError):
-    """A new amax (or pre_quant_scale) has another shape than the buffer it would overwrite.
-
-    A TypeError as in early pytorch-quantization and a RuntimeError as in its later versions: both catch it.
-    """
 
 
 def _make_calibrator(desc: QuantDescriptor):

@@ -13,7 +13,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["PytorchQuantizationViews", "adopted_axis"]
+__all__ = ["AmaxShapeError", "PytorchQuantizationViews", "adopted_axis"]
+
+
+class AmaxShapeError(TypeError, RuntimeError):
+    """A new amax (or pre_quant_scale) has another shape than the buffer it would overwrite.
+
+    A TypeError as in early pytorch-quantization and a RuntimeError as in its later versions: both catch it.
+    """
 
 
 def adopted_axis(amax_shape: tuple[int, ...], axis: tuple[int, ...] | None) -> tuple[int, ...] | None:
@@ -94,8 +101,8 @@ class PytorchQuantizationViews:
         if current is None:
             self.register_buffer("_pre_quant_scale", value.clone())
         elif current.shape != value.shape:
-            raise TypeError(f"changing shape not allowed: pre_quant_scale has shape {list(current.shape)}, the new "
-                            f"value {list(value.shape)}")
+            raise AmaxShapeError(f"changing shape not allowed: pre_quant_scale has shape {list(current.shape)}, "
+                                 f"the new value {list(value.shape)}")
         else:
             with torch.no_grad():
                 current.copy_(value)
