@@ -364,9 +364,9 @@ def test_unsigned_negative_input_raises(axis: tuple[int, ...] | None, path: str)
     x = torch.rand(4, 8, generator=torch.Generator().manual_seed(0))
     x[2, 5] = -1e-3
     amax = torch.tensor(1.0) if axis is None else torch.ones(4, 1)
-    with pytest.raises(ValueError, match="negative values encountered in unsigned quantization"):
+    with pytest.raises(ValueError, match="(?i)negative values encountered in unsigned quantization"):
         fake_tensor_quant(x, amax, 8, unsigned=True)
-    with pytest.raises(ValueError, match="negative values"):
+    with pytest.raises(ValueError, match="(?i)negative values"):
         tensor_quant(x, amax, 8, unsigned=True)
     x[2, 5] = 0.0
     fake_tensor_quant(x, amax, 8, unsigned=True)

@@ -48,6 +48,7 @@ BUILTINS = [
     (nn.AdaptiveAvgPool3d, qnn.QuantAdaptiveAvgPool3d), (nn.InstanceNorm1d, qnn.QuantInstanceNorm1d),
     (nn.InstanceNorm2d, qnn.QuantInstanceNorm2d), (nn.InstanceNorm3d, qnn.QuantInstanceNorm3d),
     (nn.MultiheadAttention, qnn.QuantMultiheadAttention),
+    (nn.LSTM, qnn.QuantLSTM), (nn.GRU, qnn.QuantGRU), (nn.LSTMCell, qnn.QuantLSTMCell), (nn.GRUCell, qnn.QuantGRUCell),
 ]
 
 
