@@ -4,6 +4,14 @@ from __future__ import annotations
 
 import pytest
 
+from quantrewrite import _kernel_loader
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_kernels_loaded() -> None:
+    """Tests that run "the fused path" need the kernels loaded, not still loading in the background."""
+    _kernel_loader.wait_loaded()
+
 
 @pytest.fixture(params=["fused", "eager"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from quantrewrite import _kernels
+from quantrewrite import _kernel_loader, _kernels
 from quantrewrite import tensor_quant as tq
 from quantrewrite.tensor_quant import fake_e4m3_quant, fake_tensor_quant, quant_bounds, tensor_quant
 
@@ -93,7 +93,7 @@ def both(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], Any]], tuple
 
 def test_fused_kernels_available_here() -> None:
     # numba is a dependency: without it every "fused" test would silently test the eager path twice.
-    assert _kernels.njit is not None
+    assert _kernel_loader.wait_loaded()
     assert _kernels.fused_kernels_available()
 
 
@@ -397,7 +397,7 @@ def test_fast_quotient_is_exact_for_8bit_exhaustively() -> None:
     # follow by exact power-of-two scaling). The same check up to 65535 passed offline (~90 s).
     from numba import njit, prange
 
-    quotient = _kernels._quotient
+    from quantrewrite._kernels_numba import quotient
 
     @njit(parallel=True)
     def mismatches(q_max: int) -> int:  # pragma: no cover - compiled

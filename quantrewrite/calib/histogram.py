@@ -34,6 +34,7 @@ import math
 import numpy as np
 import torch
 
+from quantrewrite import _kernel_loader
 from quantrewrite.calib import _kernels
 from quantrewrite.calib.calibrator import _Calibrator
 from quantrewrite.tensor_quant import quant_bounds
@@ -114,6 +115,7 @@ class HistogramCalibrator(_Calibrator):
         self._skip_zeros = bool(skip_zeros)
         self._torch_hist = bool(torch_hist)
         self._reset()
+        _kernel_loader.start_loading()
 
     @property
     def num_bins(self) -> int:

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantrewrite import _kernel_loader
 from quantrewrite.descriptor import QuantDescriptor
 from quantrewrite.nn.modules.clip import Clip
 from quantrewrite.nn.modules.tensor_quantizer_compat import (
@@ -154,6 +155,7 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
             init = float(torch.tensor(quant_desc.amax).max()) if quant_desc.amax is not None else 1.0
             self.clip = Clip(-init, init, learn_min=True, learn_max=True)
         self._calibrator = _make_calibrator(quant_desc)
+        _kernel_loader.start_loading()  # in the background: the first forward must not wait for numba
 
     # ---------------------------------------------------------------------------- descriptor properties
     @property

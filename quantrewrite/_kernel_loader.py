@@ -1,0 +1,118 @@
+"""Loads the compiled CPU kernels (numba) in a background thread, so that no call waits for them.
+
+Loading numba's CPU target and the cached kernels costs about half a second of CPU in every new process
+(and a few seconds of compilation on the first run after an install, when numba's cache is empty). Paid on
+the first fake quantization or histogram of a process, that is a stall in the middle of the user's first
+calibration. Instead ``start_loading()`` (called when the first quantizer, calibrator or quantization grid
+is made) starts one thread that imports the kernel modules and runs every kernel once on tiny buffers; until
+it is done ``fused_kernels_available()`` is False and callers take the eager torch / numpy paths, which give
+bit-identical results (the tests check both paths against the same references).
+
+``wait_loaded()`` blocks until the kernels are ready (benchmarks and tests that want the fused path from the
+first call use it). ``QUANTREWRITE_EAGER=1`` disables the fused kernels (and the loading); a platform
+without numba gets the eager paths. numba keeps its compiled code next to the kernel modules, or in a
+per-user cache directory when the package directory is read-only (numba's own fallback).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from types import ModuleType
+
+__all__ = ["compiled", "compiled_calib", "fused_kernels_available", "start_loading", "wait_loaded"]
+
+logger = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_started = False
+_done = threading.Event()
+_kernels: ModuleType | None = None  # quantrewrite._kernels_numba, once warmed up
+_calib_kernels: ModuleType | None = None  # quantrewrite.calib._kernels_numba, once warmed up
+_error: BaseException | None = None
+
+
+def _eager_forced() -> bool:
+    return os.environ.get("QUANTREWRITE_EAGER", "0") == "1"
+
+
+def fused_kernels_available() -> bool:
+    """True when the compiled kernels are loaded and ``QUANTREWRITE_EAGER=1`` is not set (read per call)."""
+    return _calib_kernels is not None and not _eager_forced()
+
+
+def _load() -> None:
+    global _kernels, _calib_kernels, _error
+    try:
+        from quantrewrite import _kernels_numba
+        from quantrewrite._kernel_warmup import warm_calib_kernels, warm_fake_quant_kernels
+        from quantrewrite.calib import _kernels_numba as calib_kernels_numba
+
+        warm_fake_quant_kernels(_kernels_numba)
+        warm_calib_kernels(calib_kernels_numba)
+    except Exception as error:  # noqa: BLE001 - numba missing or broken: the eager paths give the same results
+        _error = error
+        logger.info("compiled kernels unavailable, using the eager paths: %s", error)
+    else:
+        _kernels = _kernels_numba
+        _calib_kernels = calib_kernels_numba  # set last: fused_kernels_available() tests this one
+    finally:
+        _done.set()
+
+
+def _claim() -> bool:
+    """Mark loading as started; True for the one caller that must do it."""
+    global _started
+    with _lock:
+        if _started:
+            return False
+        _started = True
+        return True
+
+
+def start_loading() -> None:
+    """Start loading the kernels in a background thread (once per process; a no-op afterwards).
+
+    The thread is not a daemon: interpreter exit waits for it rather than stopping it inside LLVM.
+    """
+    if _started or _eager_forced() or not _claim():
+        return
+    threading.Thread(target=_load, name="quantrewrite-kernel-loader").start()
+
+
+def wait_loaded(timeout: float | None = None) -> bool:
+    """Wait until the kernels are loaded (at most ``timeout`` seconds) and say whether they are available.
+
+    When no load has started, the kernels are loaded in the calling thread, even while
+    ``QUANTREWRITE_EAGER=1`` is set (the switch is read per call; the tests flip it).
+    """
+    if _claim():
+        _load()
+    else:
+        _done.wait(timeout)
+    return fused_kernels_available()
+
+
+def _require(module: ModuleType | None) -> ModuleType:
+    if module is None:
+        raise RuntimeError(f"the compiled kernels are not available here: {_error}")
+    return module
+
+
+def compiled() -> ModuleType:
+    """The compiled fake-quantization kernels, waiting for the loader if needed.
+
+    Raises:
+        RuntimeError: the kernels cannot be loaded here (numba missing or failing); the message says why.
+    """
+    if _kernels is None:
+        wait_loaded()
+    return _require(_kernels)
+
+
+def compiled_calib() -> ModuleType:
+    """The compiled calibration kernels, waiting for the loader if needed (see ``compiled``)."""
+    if _calib_kernels is None:
+        wait_loaded()
+    return _require(_calib_kernels)

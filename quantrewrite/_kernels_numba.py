@@ -1,0 +1,128 @@
+"""The compiled fake-quantization kernels (numba); imported only by ``quantrewrite._kernel_loader``.
+
+Importing this module imports numba and compiles (or loads from numba's cache) nothing yet; the loader calls
+every kernel once on tiny buffers in a background thread so that the first real call finds it ready. The
+callers are the wrappers in ``quantrewrite._kernels``, which document the numerics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir as llvm_ir
+from numba import carray, njit, prange, types
+from numba.core.extending import intrinsic
+
+__all__ = ["quant_rows", "quant_serial", "quotient", "ste_flat", "ste_rows"]
+
+def _pointer_intrinsic(element):
+    pointer = types.CPointer(element)
+
+    def typer(typingctx, address):
+        if not isinstance(address, types.Integer):
+            return None
+
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+        return pointer(address), codegen
+
+    return intrinsic(typer)
+
+
+_f32_ptr = _pointer_intrinsic(types.float32)  # an int address as float32* (for numba.carray)
+
+
+@intrinsic
+def _fma(typingctx, a, b, c):  # pragma: no cover - compiled
+    """a * b + c with one rounding (llvm.fma.f32)."""
+    if not all(isinstance(t, types.Float) and t.bitwidth == 32 for t in (a, b, c)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        f32 = llvm_ir.FloatType()
+        fma = builder.module.declare_intrinsic("llvm.fma", [f32], llvm_ir.FunctionType(f32, [f32, f32, f32]))
+        return builder.call(fma, args)
+
+    return types.float32(types.float32, types.float32, types.float32), codegen
+
+
+@njit(inline="always")
+def quotient(q, s, r):  # pragma: no cover - compiled
+    """q / s correctly rounded, from r = RN(1 / s) (see the module docstring for where it is valid)."""
+    y = q * r
+    e = _fma(-s, y, q)  # q - s * y, exact
+    return _fma(e, r, y) if e != 0.0 else y  # e == 0: y is exact (and keeps the sign of a zero q)
+
+
+@njit(inline="always")
+def quant_row(x, out, row, width, s, r, min_bound, max_bound, fake, check):  # pragma: no cover
+    """One row of the grid; returns whether the row has an x < 0 (when check). Each case is its own loop
+    so that every one vectorizes (an integer count reduction would not)."""
+    negative = False
+    if s == 0.0:
+        for i in range(width):
+            out[row, i] = 0.0
+        if check:
+            for i in range(width):
+                negative |= x[row, i] < 0.0
+    elif fake and check:
+        for i in range(width):
+            v = x[row, i]
+            negative |= v < 0.0
+            out[row, i] = quotient(min(max(np.rint(v * s), min_bound), max_bound), s, r)
+    elif fake:
+        for i in range(width):
+            out[row, i] = quotient(min(max(np.rint(x[row, i] * s), min_bound), max_bound), s, r)
+    elif check:
+        for i in range(width):
+            v = x[row, i]
+            negative |= v < 0.0
+            out[row, i] = min(max(np.rint(v * s), min_bound), max_bound)
+    else:
+        for i in range(width):
+            out[row, i] = min(max(np.rint(x[row, i] * s), min_bound), max_bound)
+    return negative
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def quant_rows(x_addr, out_addr, rows, width, channels, scale, inv_scale, min_bound, max_bound, fake,
+                check):  # pragma: no cover - compiled
+    """x and out viewed as [rows, width]; row k uses channel k % channels. Parallel over rows."""
+    x = carray(_f32_ptr(x_addr), (rows, width))
+    out = carray(_f32_ptr(out_addr), (rows, width))
+    negatives = 0
+    for row in prange(rows):
+        c = row % channels
+        negatives += quant_row(x, out, row, width, scale[c], inv_scale[c], min_bound, max_bound, fake, check)
+    return negatives > 0, out[rows - 1, width - 1]
+
+
+@njit(cache=True, nogil=True)
+def quant_serial(x_addr, out_addr, n, s, r, min_bound, max_bound, fake, check):  # pragma: no cover
+    """The per-tensor formula over n elements on the calling thread (small tensors, and the tail of the
+    rows of a large one)."""
+    x = carray(_f32_ptr(x_addr), (1, n))
+    out = carray(_f32_ptr(out_addr), (1, n))
+    return quant_row(x, out, 0, n, s, r, min_bound, max_bound, fake, check), out[0, n - 1]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def ste_flat(x_addr, grad_addr, out_addr, n, amax):  # pragma: no cover - compiled
+    x = carray(_f32_ptr(x_addr), (n,))
+    grad = carray(_f32_ptr(grad_addr), (n,))
+    out = carray(_f32_ptr(out_addr), (n,))
+    for i in prange(n):
+        out[i] = grad[i] if abs(x[i]) <= amax else 0.0
+    return out[n - 1]
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def ste_rows(x_addr, grad_addr, out_addr, rows, width, channels, amax):  # pragma: no cover - compiled
+    x = carray(_f32_ptr(x_addr), (rows, width))
+    grad = carray(_f32_ptr(grad_addr), (rows, width))
+    out = carray(_f32_ptr(out_addr), (rows, width))
+    for row in prange(rows):
+        a = amax[row % channels]
+        for i in range(width):
+            out[row, i] = grad[row, i] if abs(x[row, i]) <= a else 0.0
+    return out[rows - 1, width - 1]

@@ -1,0 +1,84 @@
+"""The compiled kernels load in the background: nothing compiles at the first real call, and the eager paths
+that run until the kernels are ready give the same bits."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import torch
+
+from quantrewrite import _kernel_loader, _kernels_numba, calib
+from quantrewrite.calib import _kernels_numba as calib_kernels_numba
+from quantrewrite.tensor_quant import fake_tensor_quant
+
+KERNELS = ((_kernels_numba, ("quant_rows", "quant_serial", "ste_flat", "ste_rows")),
+           (calib_kernels_numba, ("count_abs", "entropy_divergences", "mse_errors")))
+
+
+def _signatures() -> dict[str, list]:
+    return {f"{module.__name__}.{name}": list(getattr(module, name).signatures)
+            for module, names in KERNELS for name in names}
+
+
+def test_warm_up_covers_the_signatures_of_real_calls() -> None:
+    # Every kernel the warm-up ran has one specialization; a real workload must not compile another one
+    # (that would be a compilation stall at the user's first call, the thing the loader exists to avoid).
+    assert _kernel_loader.wait_loaded()
+    before = _signatures()
+    assert all(len(signatures) == 1 for signatures in before.values()), before
+    gen = torch.Generator().manual_seed(0)
+    big = torch.randn(3, 40000, generator=gen, requires_grad=True)
+    fake_tensor_quant(big, torch.tensor(2.0)).sum().backward()  # parallel rows, a serial tail, flat STE
+    weight = torch.randn(8, 4, 3, 3, generator=gen, requires_grad=True)
+    fake_tensor_quant(weight, weight.detach().abs().amax((1, 2, 3), keepdim=True)).sum().backward()
+    fake_tensor_quant(torch.rand(5), torch.tensor(1.0), unsigned=True)  # serial only, negative check
+    histogram = calib.HistogramCalibrator()
+    histogram.collect(big.detach())
+    for method in ("entropy", "mse", "percentile"):
+        histogram.compute_amax(method)
+    after = _signatures()
+    assert after == before
+
+
+LOADER_HELD_BACK = textwrap.dedent("""
+    import sys, threading
+    import quantrewrite
+    from quantrewrite import _kernel_loader
+    assert "numba" not in sys.modules, "import quantrewrite must not import numba"
+    release = threading.Event()
+    real_load = _kernel_loader._load
+    def held_load():
+        release.wait()
+        real_load()
+    _kernel_loader._load = held_load
+    import torch
+    quantizer = quantrewrite.TensorQuantizer(quantrewrite.QuantDescriptor(amax=2.0))
+    x = torch.randn(4, 70000, generator=torch.Generator().manual_seed(1))
+    assert not _kernel_loader.fused_kernels_available()
+    eager = quantizer(x)
+    release.set()
+    assert _kernel_loader.wait_loaded(timeout=120)
+    fused = quantizer(x)
+    assert torch.equal(eager.view(torch.int32), fused.view(torch.int32))
+    print("ok")
+""")
+
+
+def test_quantization_runs_eagerly_while_the_kernels_load() -> None:
+    result = subprocess.run([sys.executable, "-c", LOADER_HELD_BACK], capture_output=True, text=True,
+                            check=False, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+def test_direct_kernel_calls_wait_for_the_loader() -> None:
+    # The wrappers are usable right away: called directly they get the compiled kernels, not an error.
+    x = torch.linspace(-1, 1, 9)
+    out = torch.empty_like(x)
+    scale = np.array([127.0], dtype=np.float32)
+    from quantrewrite import _kernels
+
+    _kernels.fake_quant_into(x, out, (1, 1, 9), scale, np.float32(1.0) / scale, -128.0, 127.0)
+    assert torch.equal(out, torch.round(x * 127) / 127)
