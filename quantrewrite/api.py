@@ -50,7 +50,7 @@ def _collector_paused() -> Iterator[None]:
 
 
 def _prepare(model: nn.Module, config: QuantConfig, concrete_args: dict[str, Any] | None,
-             leaf_modules: Iterable, strict: bool) -> RewritePlan:
+             leaf_modules: Iterable, strict: bool, example_inputs: Any = None) -> RewritePlan:
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
     trace = trace_scopes(model, concrete_args=concrete_args, leaf_modules=leaf_modules)
@@ -59,24 +59,29 @@ def _prepare(model: nn.Module, config: QuantConfig, concrete_args: dict[str, Any
         raise RewriteError(f"strict=True and {len(trace.failed)} scope(s) did not trace:\n{lines}")
     for name, error in trace.failed.items():
         logger.info("scope %s did not trace, falling back to its children: %s", name or "<root>", error)
-    return build_plan(model, config, trace, strict=strict)
+    if example_inputs is not None and not isinstance(example_inputs, tuple):
+        example_inputs = (example_inputs,)
+    return build_plan(model, config, trace, strict=strict, example_inputs=example_inputs)
 
 
 def plan(model: nn.Module, cfg: Any = None, *, concrete_args: dict[str, Any] | None = None,
-         leaf_modules: Iterable[type | str] = (), strict: bool = False) -> Plan:
+         leaf_modules: Iterable[type | str] = (), strict: bool = False, example_inputs: Any = None) -> Plan:
     """Dry run: what ``quantize_model`` would do to every module and functional op site. Changes nothing.
+
+    ``example_inputs`` (a tensor or a tuple of positional arguments) gives a config's placement rules the
+    tensor shapes they need (matmul sizes, attention sequence length); see ``quantize_model``.
 
     Example:
         >>> print(plan(model, "int8_default"))   # a table: name, kind, type/op, action, details
     """
     config = load_config(cfg)
     with _collector_paused():
-        return _prepare(model, config, concrete_args, leaf_modules, strict).plan
+        return _prepare(model, config, concrete_args, leaf_modules, strict, example_inputs).plan
 
 
 def quantize_model(model: nn.Module, cfg: Any = None, *, inplace: bool = False,
                    concrete_args: dict[str, Any] | None = None, leaf_modules: Iterable[type | str] = (),
-                   strict: bool = False) -> nn.Module:
+                   strict: bool = False, example_inputs: Any = None) -> nn.Module:
     """Return the fake-quantized twin of ``model``.
 
     Registered modules are swapped for their Quant classes, and registered functional ops get quantizers
@@ -95,6 +100,9 @@ def quantize_model(model: nn.Module, cfg: Any = None, *, inplace: bool = False,
         concrete_args: FX concrete_args for tracing the top-level forward.
         leaf_modules: module types or qualified names FX should not trace into.
         strict: raise on untraceable scopes and on config patterns that match nothing.
+        example_inputs: a tensor or tuple of positional arguments, run once (eval, no grad) so that a
+            config's placement rules see tensor shapes (GEMV and small matmuls, attention sequence length);
+            without it those shape rules leave matmuls quantized.
 
     Returns:
         The quantized model, carrying its plan as ``quant_plan``.
@@ -108,7 +116,7 @@ def quantize_model(model: nn.Module, cfg: Any = None, *, inplace: bool = False,
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
     with _collector_paused():
         work = model if inplace else copy.deepcopy(model)
-        rp = _prepare(work, config, concrete_args, leaf_modules, strict)
+        rp = _prepare(work, config, concrete_args, leaf_modules, strict, example_inputs)
         result = apply_plan(work, rp)
     result.quant_plan = rp.plan
     return result
@@ -167,6 +175,8 @@ def summary(model: nn.Module) -> str:
         # extra_repr() of a disabled quantizer is just "disabled": show its descriptor and amax anyway
         detail = (quantizer.extra_repr() if quantizer.is_enabled
                   else f"{quantizer.quant_desc} amax={quantizer._amax_text()}")
+        if quantizer.share_group is not None:
+            detail += f" group={quantizer.share_group}"
         rows.append((name, state, detail))
     width = [max(len(r[i]) for r in rows) for i in range(2)]
     lines = [f"{r[0].ljust(width[0])}  {r[1].ljust(width[1])}  {r[2]}" for r in rows]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from quantrewrite import calib
-from quantrewrite.calib import distributed
+from quantrewrite.calib import distributed, groups
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 
 __all__ = ["CALIB_METHODS", "DEFAULT_METHOD", "HISTOGRAM_METHODS", "CalibrationResult", "calibrate", "calibration",
@@ -107,12 +107,14 @@ def load_calib_amax(model: nn.Module, method: str = DEFAULT_METHOD, *, percentil
 
     Max calibrators give the max; histogram calibrators use ``method`` (one of ``CALIB_METHODS``).
     When ``torch.distributed`` is initialised, the ranks first combine their statistics, so every rank
-    ends with the same amax. Quantizers whose calibrator saw no data keep their amax and are named in one
-    warning.
+    ends with the same amax; then the members of each shared-range group get the group's merged statistics,
+    so they end with one amax (see ``quantrewrite.calib.groups``). Quantizers whose calibrator saw no data
+    keep their amax and are named in one warning.
     """
     _check_method(method)
     quantizers, skipped = _calibratable(model)
     distributed.synchronize(list(quantizers.values()))
+    groups.merge_group_statistics(quantizers)  # after the ranks agree: each rank merges the same statistics
     result = CalibrationResult(skipped=skipped, method=method)
     for name, quantizer in quantizers.items():
         if quantizer.calibrator.num_batches == 0:

@@ -172,6 +172,7 @@ class ExportReport:
         passed: True when every check passed; None when verify=False.
         failures: what failed.
         warnings: what is worth knowing but did not fail the export.
+        groups: shared-range group -> its exported quantizers (one scale each group).
     """
 
     path: str
@@ -189,6 +190,7 @@ class ExportReport:
     passed: bool | None = None
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)
 
     def __str__(self) -> str:
         lines = [f"ONNX export {self.path} (opset {self.opset}, {self.exporter} exporter)"]
@@ -197,6 +199,9 @@ class ExportReport:
                      f"exported, {len(self.skipped)} disabled or not quantizing)")
         if self.not_reached:
             lines.append(f"  not reached by the example forward (no pair): {', '.join(self.not_reached)}")
+        if self.groups:
+            lines.append(f"  shared-range groups: {len(self.groups)} ("
+                         + "; ".join(f"{g}: {len(m)} quantizers" for g, m in self.groups.items()) + ")")
         if self.max_abs_diff is not None:
             lines.append(f"  onnxruntime vs PyTorch: max |diff| {self.max_abs_diff:.3g} (tolerance "
                          f"{self.tolerance:.3g}), SQNR {self.sqnr_db:.1f} dB, cosine {self.cosine:.6f}")
@@ -290,6 +295,21 @@ def _run_exporter(model: nn.Module, args: tuple[Any, ...], path: str, exporter: 
             texts.append(f"{item.category.__name__} at {os.path.basename(item.filename)}:{item.lineno}: "
                          f"{str(item.message).split('.')[0]}")
     return texts
+
+
+def _exported_groups(emitting: Mapping[str, TensorQuantizer], reached: list[str]) -> dict[str, list[str]]:
+    """Shared-range group -> its exported members; a group whose members' amax differ is logged."""
+    groups: dict[str, list[str]] = {}
+    for name in reached:
+        group = emitting[name].share_group
+        if group is not None:
+            groups.setdefault(group, []).append(name)
+    for group, names in groups.items():
+        values = {float(emitting[n].amax.max()) for n in names if emitting[n].amax is not None}
+        if len(values) > 1:
+            logger.warning("shared-range group %s exports different scales (amax %s): TensorRT requantizes "
+                           "between them", group, sorted(values))
+    return groups
 
 
 def _tiny_amax(quantizer: TensorQuantizer) -> bool:
@@ -393,7 +413,8 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...], path: st
             module.training = training
     report = ExportReport(path=path, opset=opset, exporter=exporter, expected_pairs=sum(record.calls.values()),
                           quantizers=reached, not_reached=[n for n in emitting if n not in reached],
-                          skipped=[n for n in quantizers if n not in emitting], warnings=notes)
+                          skipped=[n for n in quantizers if n not in emitting], warnings=notes,
+                          groups=_exported_groups(emitting, reached))
     if verify:
         _verify(report, args, record, tolerance_steps, atol)
     logger.info("%s", report)

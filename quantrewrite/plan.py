@@ -33,6 +33,8 @@ class PlanEntry:
         quantizers: the qualified names of the quantizers it gets.
         disabled: quantizer name -> the ``disable`` entry that starts it disabled.
         quant_class: the Quant class name a module is swapped for.
+        placement: quantizer name -> (what a placement rule did: "placed" or "skipped", the rule's id), for
+            every quantizer a placement rule set (``quantrewrite.placement.rules``) placed or left out.
     """
 
     name: str
@@ -46,6 +48,7 @@ class PlanEntry:
     quantizers: tuple[str, ...] = ()
     disabled: dict[str, str] = field(default_factory=dict)
     quant_class: str | None = None
+    placement: dict[str, tuple[str, str]] = field(default_factory=dict)
 
     @property
     def quantized(self) -> bool:
@@ -61,6 +64,7 @@ class Plan:
     untraced: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)  # the normalised config (QuantConfig.to_dict())
+    groups: dict[str, list[str]] = field(default_factory=dict)  # shared-range group -> its quantizers
 
     def __iter__(self) -> Iterator[PlanEntry]:
         return iter(self.entries)
@@ -88,13 +92,16 @@ class Plan:
         return [q for e in self.entries for q in e.quantizers]
 
     def counts(self) -> dict[str, int]:
-        return {
+        counts = {
             "modules quantized": sum(e.quantized for e in self.modules()),
             "ops quantized": sum(e.quantized for e in self.functions()),
             "quantizers": len(self.quantizer_names()),
             "disabled": sum(len(e.disabled) for e in self.entries),
             "untraced scopes": len(self.untraced),
         }
+        if self.groups:
+            counts["shared-range groups"] = len(self.groups)
+        return counts
 
     def __str__(self) -> str:
         rows = [("name", "kind", "type/op", "action", "details")]
@@ -108,12 +115,18 @@ class Plan:
             if i == 0:
                 lines.append("  ".join("-" * w for w in widths) + "  -------")
         lines.append(", ".join(f"{k}: {v}" for k, v in self.counts().items()))
+        lines.extend(f"group {name}: {', '.join(members)}" for name, members in self.groups.items())
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
 
 def _short(desc: QuantDescriptor | None) -> str:
     return str(desc) if desc is not None else "-"
+
+
+def _placement_text(entry: PlanEntry) -> str:
+    return "placement: " + "; ".join(f"{q.rsplit('.', 1)[-1]} {what} by {rule}"
+                                     for q, (what, rule) in entry.placement.items())
 
 
 def _details(entry: PlanEntry) -> str:
@@ -128,6 +141,8 @@ def _details(entry: PlanEntry) -> str:
         parts.append(f"-> {entry.quant_class}")
     if entry.rules:
         parts.append(f"rules: {', '.join(entry.rules)}")
+    if entry.placement:
+        parts.append(_placement_text(entry))
     if entry.disabled:
         parts.append("disabled: " + "; ".join(f"{q.rsplit('.', 1)[-1]} by {why}"
                                                for q, why in entry.disabled.items()))

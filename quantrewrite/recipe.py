@@ -1,8 +1,8 @@
 """Recipes: one human-readable YAML file that records a quantized model completely.
 
 A recipe holds the config the model was quantized with, every quantizer's resolved descriptor, whether it
-is enabled, its calibrated amax, and the quantrewrite and torch versions. ``load_recipe`` rebuilds the same
-quantized model from a fresh float model.
+is enabled, its calibrated amax, its shared-range group (and the groups, by name), and the quantrewrite and
+torch versions. ``load_recipe`` rebuilds the same quantized model from a fresh float model.
 
 Example:
     >>> save_recipe(qmodel, "resnet_int8.yaml")
@@ -60,12 +60,15 @@ def save_recipe(model: nn.Module, path: str | os.PathLike[str]) -> Path:
             "descriptor": quantizer.quant_desc.to_dict(),
             "amax": _amax_data(quantizer.amax),
         }
+        if quantizer.share_group is not None:
+            quantizers[name]["group"] = quantizer.share_group
     recipe = {
         "format": RECIPE_FORMAT,
         "versions": {"quantrewrite": _version(), "torch": str(torch.__version__)},
         "config_source": plan.config_source,
         "config": plan.config,
         "untraced_scopes": dict(plan.untraced),
+        "groups": {name: list(members) for name, members in plan.groups.items()},
         "quantizers": quantizers,
     }
     path = Path(path)
@@ -106,8 +109,12 @@ def _amax_tensor(record: dict[str, Any] | None, where: str) -> torch.Tensor | No
         raise RecipeError(f"{where}.amax: expected {{shape: [...], values: [...]}}, got {record!r} ({error})") from None
 
 
-def load_recipe(model: nn.Module, path: str | os.PathLike[str], *, inplace: bool = False) -> nn.Module:
+def load_recipe(model: nn.Module, path: str | os.PathLike[str], *, inplace: bool = False,
+                example_inputs: Any = None) -> nn.Module:
     """Quantize a fresh float ``model`` as the recipe says and set every quantizer's amax and state.
+
+    ``example_inputs`` is passed to ``quantize_model``: give the same as when the recipe's model was made when
+    its config has placement rules that read shapes (``placement: tensorrt`` with matmuls).
 
     Raises:
         RecipeError: the file is not a recipe, or its quantizers do not match the model's (the message names
@@ -115,7 +122,7 @@ def load_recipe(model: nn.Module, path: str | os.PathLike[str], *, inplace: bool
             ``inplace=True``).
     """
     data = _read(path)
-    qmodel = quantize_model(model, data["config"], inplace=inplace)
+    qmodel = quantize_model(model, data["config"], inplace=inplace, example_inputs=example_inputs)
     quantizers = list_quantizers(qmodel)
     recorded = data["quantizers"]
     problems = []

@@ -249,3 +249,4 @@ register_quant_function("add", functions=[operator.add, operator.iadd, torch.add
                         args=_BINARY, enabled_by_default=False)
 register_quant_function("cat", functions=[torch.cat, torch.concat], args=(ArgSpec(0, "tensors", each=True),),
                         enabled_by_default=False)
+register_quant_function("pad", functions=[F.pad], args=_INPUT, enabled_by_default=False)

@@ -491,7 +491,7 @@ def test_load_default_preset() -> None:
 
 
 def test_available_presets() -> None:
-    assert available_presets() == ["int8_default", "int8_max", "w4a8"]
+    assert available_presets() == ["dla", "int8_default", "int8_max", "tensorrt", "w4a8"]
 
 
 @pytest.mark.parametrize("name", ["int8_default", "int8_max", "w4a8"])
@@ -529,7 +529,7 @@ def test_unknown_preset_lists_presets_with_did_you_mean() -> None:
         load_config("int8_defualt")
     message = str(info.value)
     assert "unknown preset 'int8_defualt' (did you mean 'int8_default'?)" in message
-    assert "presets: int8_default, int8_max, w4a8" in message
+    assert "presets: dla, int8_default, int8_max, tensorrt, w4a8" in message
 
 
 @pytest.mark.parametrize("cfg", ["missing.yaml", "some/dir/x.yml"])

@@ -25,14 +25,15 @@ import torch.distributed as dist
 from quantrewrite.calib.histogram import HistogramCalibrator
 from quantrewrite.calib.max import MaxCalibrator
 
-__all__ = ["is_distributed", "merge_histograms", "synchronize"]
+__all__ = ["apply_states", "calibrator_state", "is_distributed", "merge_histograms", "synchronize"]
 
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _state(calibrator: Any) -> tuple:
+def calibrator_state(calibrator: Any) -> tuple:
+    """A calibrator's statistics as plain data (what ranks exchange and groups merge)."""
     if isinstance(calibrator, MaxCalibrator):
         amax = calibrator._amax
         return ("max", None if amax is None else amax.detach().cpu())
@@ -81,7 +82,8 @@ def merge_histograms(states: Sequence[tuple[float | None, torch.Tensor | None, i
     return base, merged
 
 
-def _apply(calibrator: Any, states: list[tuple]) -> None:
+def apply_states(calibrator: Any, states: list[tuple]) -> None:
+    """Replace ``calibrator``'s statistics by the merge of ``states`` (``calibrator_state`` values)."""
     if isinstance(calibrator, MaxCalibrator):
         amaxes = [s[1] for s in states if s[1] is not None]
         if not amaxes:
@@ -112,10 +114,10 @@ def synchronize(quantizers: Sequence[Any]) -> None:
     """
     if not is_distributed() or not quantizers:
         return
-    local = [_state(q.calibrator) for q in quantizers]
+    local = [calibrator_state(q.calibrator) for q in quantizers]
     gathered: list[list[tuple] | None] = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, local)
     if any(len(states) != len(local) for states in gathered):
         raise RuntimeError("ranks have different numbers of quantizers; calibrate the same model on every rank")
     for index, quantizer in enumerate(quantizers):
-        _apply(quantizer.calibrator, [states[index] for states in gathered])
+        apply_states(quantizer.calibrator, [states[index] for states in gathered])

@@ -28,7 +28,7 @@ EPILOG = """examples:
       --recipe resnet.recipe.yaml --onnx resnet.onnx
   quantrewrite validate my.yaml
 
-presets: int8_default, int8_max, w4a8 (quantrewrite/configs/); run 'quantrewrite COMMAND --help' for more."""
+presets: int8_default, int8_max, w4a8, tensorrt, dla; run 'quantrewrite COMMAND --help' for more."""
 
 
 class _Parser(argparse.ArgumentParser):

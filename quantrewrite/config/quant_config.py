@@ -12,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from quantrewrite.config.extras import Placement, parse_extras, placement_dict
 from quantrewrite.config.schema import (
     ROLES,
     VERSION,
@@ -79,9 +80,11 @@ class QuantConfig:
         for path, line in dupes:
             ck.error(path, f"duplicate key, again on line {line} (YAML would keep only the last one)")
         parsed = parse(data, ck, known_modules, known_functions)
+        extras = parse_extras(data, ck)
         if ck.errors or parsed is None:
             raise QuantConfigError(ck.errors)
         self._defaults, self._modules, self._functions, self._layers, self._disable = parsed
+        self._share, self._placement = extras
         self._source = source
         self._checker = Checker(lines, where)  # locates resolve-time and check_unmatched messages
         self._cache: dict[tuple[Any, ...], Resolution] = {}
@@ -145,6 +148,16 @@ class QuantConfig:
         """The ``disable`` patterns, in order."""
         return self._disable
 
+    @property
+    def share(self) -> tuple[tuple[str, ...], ...]:
+        """The ``share`` groups: each a tuple of quantizer-name patterns (see ``quantrewrite.config.extras``)."""
+        return self._share
+
+    @property
+    def placement(self) -> Placement | None:
+        """The ``placement`` section (rule set and per-rule exemptions), or None."""
+        return self._placement
+
     def to_dict(self) -> dict[str, Any]:
         """The normalised config as plain data; ``QuantConfig.from_dict(cfg.to_dict()) == cfg``."""
 
@@ -160,10 +173,15 @@ class QuantConfig:
                     out[role] = {k: plain(v) for k, v in getattr(r, role).items()}
             return out
 
-        return {"version": VERSION, "defaults": rule(self._defaults),
-                "modules": {k: rule(v) for k, v in self._modules.items()},
-                "functions": {k: rule(v) for k, v in self._functions.items()},
-                "layers": [rule(r) for r in self._layers], "disable": list(self._disable)}
+        out = {"version": VERSION, "defaults": rule(self._defaults),
+               "modules": {k: rule(v) for k, v in self._modules.items()},
+               "functions": {k: rule(v) for k, v in self._functions.items()},
+               "layers": [rule(r) for r in self._layers], "disable": list(self._disable)}
+        if self._share:
+            out["share"] = [list(group) for group in self._share]
+        if self._placement is not None:
+            out["placement"] = placement_dict(self._placement)
+        return out
 
     def to_yaml(self) -> str:
         """``to_dict()`` as YAML text that ``from_yaml`` reads back."""
@@ -310,6 +328,11 @@ class QuantConfig:
                   for i, rule in enumerate(self._layers)]
         checks += [(f"disable[{i}]", pattern, quantizer_names, "quantizer")
                    for i, pattern in enumerate(self._disable)]
+        checks += [(f"share[{i}][{j}]", pattern, quantizer_names, "quantizer")
+                   for i, group in enumerate(self._share) for j, pattern in enumerate(group)]
+        exempt = self._placement.exempt.items() if self._placement is not None else ()
+        checks += [(f"placement.exempt.{rule}[{j}]", pattern, names, "module or op site")
+                   for rule, patterns in exempt for j, pattern in enumerate(patterns)]
         for path, pattern, candidates, what in checks:
             if not any(pattern_matches(pattern, n) for n in candidates):
                 hint = ""

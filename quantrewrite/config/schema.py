@@ -28,7 +28,7 @@ __all__ = ["MISSING", "ROLES", "VERSION", "Checker", "QuantConfigError", "Rule",
 
 VERSION = 1
 ROLES = ("input", "weight")
-_TOP_KEYS = ("version", "defaults", "modules", "functions", "layers", "disable")
+_TOP_KEYS = ("version", "defaults", "modules", "functions", "layers", "disable", "share", "placement")
 _ENTRY_KEYS = ("quantize", "input", "weight")
 _RULE_KEYS = ("match", "quantize", "input", "weight")
 MISSING = object()

@@ -111,8 +111,11 @@ def apply_plan(model: nn.Module, rp: RewritePlan) -> nn.Module:
             parent, leaf = _parent(model, scope.name)
             setattr(parent, leaf, gm)
 
-    # 4. Quantizers that the config disables start disabled.
+    # 4. Quantizers that the config disables start disabled; group members learn their group.
     for entry in rp.plan.entries:
         for qname in entry.disabled:
             root.get_submodule(qname).disable()
+    for group, members in rp.plan.groups.items():
+        for qname in members:
+            root.get_submodule(qname).share_group = group
     return root

@@ -27,6 +27,7 @@ from quantrewrite.descriptor import (
 )
 from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+from quantrewrite.placement.rules import is_candidate
 from quantrewrite.plan import QUANTIZE, SKIP, Plan, PlanEntry
 from quantrewrite.rewrite.tracer import TraceResult
 
@@ -77,6 +78,8 @@ class RewritePlan:
     modules: list[ModuleAction] = field(default_factory=list)
     ops: list[OpAction] = field(default_factory=list)
     trace: TraceResult | None = None
+    sites: dict[fx.Node, str] = field(default_factory=dict)  # every op site's node -> its site name
+    rule_groups: list[tuple[str, list[str]]] = field(default_factory=list)  # groups placement rules create
 
 
 def _qualify(prefix: str, name: str) -> str:
@@ -93,6 +96,10 @@ def _quantizer_attrs(quant_cls: type) -> tuple[str, ...]:
 def _class_defaults(quant_cls: type) -> tuple[QuantDescriptor | None, QuantDescriptor | None]:
     weight = quant_cls.default_quant_desc_weight if issubclass(quant_cls, QuantMixin) else None
     return quant_cls.default_quant_desc_input, weight
+
+
+def _target(cfg: QuantConfig) -> str | None:
+    return cfg.placement.target if cfg.placement is not None else None
 
 
 def _disabled(cfg: QuantConfig, names: tuple[str, ...]) -> dict[str, str]:
@@ -131,7 +138,8 @@ def _plan_modules(model: nn.Module, cfg: QuantConfig, rp: RewritePlan) -> None:
             rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, f"{quant_cls.__name__}: {why_not}"))
             continue
         class_input, class_weight = _class_defaults(quant_cls)
-        res = cfg.resolve(name, "module", type_name, class_input, class_weight, default_quantize=True)
+        default = getattr(quant_cls, "enabled_by_default", True) or is_candidate(_target(cfg), type_name)
+        res = cfg.resolve(name, "module", type_name, class_input, class_weight, default_quantize=default)
         if not res.quantize:
             rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, res.reason, res.rules))
             continue
@@ -235,6 +243,7 @@ def _plan_ops(cfg: QuantConfig, rp: RewritePlan, model: nn.Module) -> None:
             owner = _owner(node, scope.name)
             op_name = spec.name if spec is not None else _target_name(node)
             site = _site_name(owner, op_name, counters, module_names)
+            rp.sites[node] = site
             if spec is None:
                 rp.plan.entries.append(PlanEntry(site, "function", op_name, SKIP, "op not registered"))
                 continue
@@ -242,8 +251,9 @@ def _plan_ops(cfg: QuantConfig, rp: RewritePlan, model: nn.Module) -> None:
                 rp.plan.entries.append(PlanEntry(site, "function", op_name, SKIP, "already quantized"))
                 continue
             class_weight = FUNCTION_WEIGHT_DEFAULT if spec.has_weight else None
+            default = spec.enabled_by_default or is_candidate(_target(cfg), spec.name)
             res = cfg.resolve(site, "function", spec.name, FUNCTION_INPUT_DEFAULT, class_weight,
-                              default_quantize=spec.enabled_by_default)
+                              default_quantize=default)
             if not res.quantize:
                 rp.plan.entries.append(PlanEntry(site, "function", op_name, SKIP, res.reason, res.rules))
                 continue
@@ -287,12 +297,20 @@ def _plan_scopes(model: nn.Module, rp: RewritePlan) -> None:
         rp.plan.entries.append(PlanEntry(name, "scope", target, SKIP, reason))
 
 
-def build_plan(model: nn.Module, cfg: QuantConfig, trace: TraceResult, *, strict: bool = False) -> RewritePlan:
-    """Resolve every module and op site of ``model`` against ``cfg``. Changes nothing."""
+def build_plan(model: nn.Module, cfg: QuantConfig, trace: TraceResult, *, strict: bool = False,
+               example_inputs: tuple[Any, ...] | None = None) -> RewritePlan:
+    """Resolve every module and op site of ``model`` against ``cfg``, then apply the config's placement rules
+    (``example_inputs`` gives them tensor shapes) and resolve its shared-range groups. Changes nothing."""
+    from quantrewrite.placement.apply import apply_placement
+    from quantrewrite.rewrite.share import resolve_groups
+
     rp = RewritePlan(Plan([], cfg.source, dict(trace.failed), config=cfg.to_dict()), trace=trace)
     _plan_scopes(model, rp)
     _plan_modules(model, cfg, rp)
     _plan_ops(cfg, rp, model)
+    if cfg.placement is not None:
+        apply_placement(model, cfg, rp, example_inputs)
+    resolve_groups(cfg, rp)
     names = [e.name for e in rp.plan.entries if e.kind != "scope"]
     rp.plan.warnings.extend(cfg.check_unmatched(names, rp.plan.quantizer_names(), strict=strict))
     return rp

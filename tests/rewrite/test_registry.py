@@ -49,6 +49,7 @@ BUILTINS = [
     (nn.InstanceNorm2d, qnn.QuantInstanceNorm2d), (nn.InstanceNorm3d, qnn.QuantInstanceNorm3d),
     (nn.MultiheadAttention, qnn.QuantMultiheadAttention),
     (nn.LSTM, qnn.QuantLSTM), (nn.GRU, qnn.QuantGRU), (nn.LSTMCell, qnn.QuantLSTMCell), (nn.GRUCell, qnn.QuantGRUCell),
+    (nn.LayerNorm, qnn.QuantLayerNorm),
 ]
 
 
@@ -324,6 +325,7 @@ BUILTIN_OPS = {
     "linear": ([F.linear], [], ["input", "weight"], True),
     "conv2d": ([F.conv2d], [], ["input", "weight"], True),
     "interpolate": ([F.interpolate], [], ["input"], True),
+    "pad": ([F.pad], [], ["input"], False),
     **{f"{kind}{d}d": ([getattr(F, f"{kind}{d}d")], [], ["input"], True)
        for kind in ("adaptive_avg_pool", "avg_pool", "max_pool") for d in (1, 2, 3)},
     **{f"conv{d}d": ([getattr(F, f"conv{d}d")], [], ["input", "weight"], True) for d in (1, 3)},

@@ -17,6 +17,7 @@ from quantrewrite.nn.modules.quant_conv import (
     QuantConvTranspose3d,
 )
 from quantrewrite.nn.modules.quant_instancenorm import QuantInstanceNorm1d, QuantInstanceNorm2d, QuantInstanceNorm3d
+from quantrewrite.nn.modules.quant_layernorm import QuantLayerNorm
 from quantrewrite.nn.modules.quant_linear import Linear, QuantLinear
 from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin, pop_quant_desc_in_kwargs
 from quantrewrite.nn.modules.quant_pooling import (
@@ -95,6 +96,7 @@ __all__ = [
     "QuantInstanceNorm3d",
     "QuantLSTM",
     "QuantLSTMCell",
+    "QuantLayerNorm",
     "QuantLinear",
     "QuantMaxPool1d",
     "QuantMaxPool2d",

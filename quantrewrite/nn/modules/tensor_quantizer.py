@@ -130,6 +130,9 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
         ValueError: if_clip=True for a descriptor without learn_amax.
     """
 
+    # The shared-range group this quantizer belongs to (set by the rewrite; see quantrewrite.calib.groups).
+    share_group: str | None = None
+
     def __init__(self, quant_desc: QuantDescriptor | None = None, disabled: bool = False,
                  if_quant: bool = True, if_clip: bool | None = None, if_calib: bool = False):
         super().__init__()
