@@ -19,6 +19,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import yaml
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW",
     "QUANT_DESC_8BIT_PER_TENSOR",
     "QUANT_DESC_UNSIGNED_8BIT_PER_TENSOR",
+    "AxisTuple",
     "QuantDescriptor",
     "QuantDescriptorError",
     "ScaledQuantDescriptor",
@@ -81,15 +83,38 @@ def _check_num_bits(value: Any) -> int | tuple[int, int]:
     raise QuantDescriptorError("num_bits", value, "expected an int >= 0 or (4, 3) for FP8 E4M3")
 
 
+class AxisTuple(tuple):
+    """The kept dims as a tuple that also compares equal to a bare int when it holds one dim.
+
+    pytorch-quantization kept ``axis`` as given (``axis=0`` stayed the int 0), and migrated code compares it
+    with ints (``quantizer.axis == 0``); here it is always a tuple, and such comparisons still hold.
+    """
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        if _is_int(other):
+            return len(self) == 1 and self[0] == other
+        return tuple.__eq__(self, other)
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    __hash__ = tuple.__hash__
+
+    def __reduce__(self):
+        return (AxisTuple, (tuple(self),))
+
+
 def _check_axis(value: Any) -> tuple[int, ...] | None:
     if value is None:
         return None
     if _is_int(value):
-        return (value,)
+        return AxisTuple((value,))
     if isinstance(value, (list, tuple)) and value and all(_is_int(v) for v in value):
         if len(set(value)) != len(value):
             raise QuantDescriptorError("axis", value, "expected distinct dims")
-        return tuple(value)
+        return AxisTuple(value)
     raise QuantDescriptorError("axis", value, "expected None, an int or a non-empty list of ints")
 
 
@@ -172,8 +197,10 @@ class QuantDescriptor:
         num_bits: bits of the integer grid (int >= 0), or (4, 3) for FP8 E4M3. Default 8.
         name: optional label, only shown in str().
         fake_quant: True returns dequantized floats; False returns integers and a scale.
-        axis: None for per-tensor; an int or tuple of the dims that KEEP their own amax.
-        amax: a fixed range (number or nested list); None means calibrated or dynamic.
+        axis: None for per-tensor; an int or tuple of the dims that KEEP their own amax (read back as a tuple
+            that also equals the int when it holds one dim).
+        amax: a fixed range (number or nested list); None means calibrated or dynamic. Read back as a float32
+            numpy array, as in pytorch-quantization (the exact values given are kept for equality and YAML).
         learn_amax: learn two scalar clip bounds (PACT style); incompatible with axis.
         scale_amax: multiplier applied to amax at every forward.
         calib_method: "max" or "histogram".
@@ -212,6 +239,10 @@ class QuantDescriptor:
         object.__setattr__(self, "_values", values)
         for key, value in values.items():
             object.__setattr__(self, key, value)
+        if values["amax"] is not None:  # pytorch-quantization's type: a read-only float32 numpy array
+            amax = np.array(values["amax"], dtype=np.float32)
+            amax.setflags(write=False)
+            object.__setattr__(self, "amax", amax)
 
     def __setattr__(self, key: str, value: Any) -> None:
         raise AttributeError(f"QuantDescriptor is immutable; use desc.replace({key}=...) for a changed copy")
@@ -244,8 +275,8 @@ class QuantDescriptor:
             parts.append(" unsigned")
         if self.narrow_range:
             parts.append(" narrow")
-        if self.amax is not None:
-            parts.append(f" amax={_amax_as_list(self.amax)}")
+        if self._values["amax"] is not None:
+            parts.append(f" amax={_amax_as_list(self._values['amax'])}")
         if self.learn_amax:
             parts.append(" learn_amax")
         if self.scale_amax is not None:
@@ -274,8 +305,12 @@ class QuantDescriptor:
             out[key] = value
         return out
 
-    # The name pytorch-quantization users know.
-    dict = to_dict
+    def dict(self) -> dict[str, Any]:
+        """pytorch-quantization's serialisation: num_bits, name and the fields that differ from their defaults
+        (``QuantDescriptor(**desc.dict()) == desc``). ``to_dict()`` lists every field."""
+        full = self.to_dict()
+        return {key: value for key, value in full.items()
+                if key in ("num_bits", "name") or self._values[key] != _FIELDS[key][0]}
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> QuantDescriptor:

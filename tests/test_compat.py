@@ -272,3 +272,25 @@ def test_quant_weight_inplace():
 def test_top_level_names():
     for name in ("enable_onnx_export", "initialize", "deactivate", "quant_modules", "utils", "optim"):
         assert hasattr(quantrewrite, name), name
+
+
+# ------------------------------------------------------------------------------------- descriptor read-back
+def test_descriptor_axis_amax_and_dict_read_back_as_in_the_original():
+    desc = QuantDescriptor(num_bits=4, axis=0, amax=[0.7, 1.2])
+    assert desc.axis == 0 and desc.axis == (0,) and 0 == desc.axis and desc.axis != 1
+    assert QuantDescriptor(axis=(0, 1)).axis != 0
+    assert isinstance(desc.amax, np.ndarray) and desc.amax.dtype == np.float32
+    np.testing.assert_array_equal(desc.amax, np.float32([0.7, 1.2]))
+    with pytest.raises(ValueError):
+        desc.amax[0] = 3.0  # read-only, the descriptor stays immutable
+    assert desc.dict() == {"num_bits": 4, "name": None, "axis": [0], "amax": [0.7, 1.2]}
+    assert QuantDescriptor(**desc.dict()) == desc
+    narrow = QuantDescriptor(narrow_range=True, calib_method="histogram")
+    assert QuantDescriptor(**narrow.dict()) == narrow  # the original's dict() dropped these two
+    assert quant_nn.QuantLinear(4, 3).weight_quantizer.axis == 0
+
+
+def test_clip_module_refuses_non_scalar_bounds():
+    with pytest.raises(ValueError, match="must be scalar"):
+        quant_nn.Clip(torch.zeros(2), 1.0)
+    assert quant_nn.Clip(torch.tensor(-0.5), 0.5)(torch.tensor([-1.0, 1.0])).tolist() == [-0.5, 0.5]

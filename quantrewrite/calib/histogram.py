@@ -233,7 +233,7 @@ class HistogramCalibrator(_Calibrator):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: expected an int >= 1, got {value!r}")
         if method == "percentile" and not 0.0 <= percentile <= 100.0:
-            raise ValueError(f"percentile: expected a value in [0, 100], got {percentile!r}")
+            raise ValueError(f"percentile: expected a value in the range [0, 100], got {percentile!r}")
         if self._counts is None:
             return torch.tensor(0.0, dtype=torch.float32) if self._zeros else None
         counts = self._counts.cpu().numpy()

@@ -46,7 +46,13 @@ def _matching(model: nn.Module, patterns: Sequence[str], where: str) -> Iterator
 def match_parameters(model: nn.Module, patterns: Sequence[str]) -> Iterator[nn.Parameter]:
     """Yield each parameter whose name contains a match of any pattern (once, even if several match)."""
     compiled = _compiled(patterns, "match_parameters")  # checked now, not at the first next()
-    return (param for name, param in model.named_parameters() if any(p.search(name) for p in compiled))
+
+    def matches() -> Iterator[nn.Parameter]:  # the model is only read when the caller iterates
+        for name, param in model.named_parameters():
+            if any(pattern.search(name) for pattern in compiled):
+                yield param
+
+    return matches()
 
 
 def group_parameters(model: nn.Module, patterns_list: Sequence[Sequence[str]], lrs: Sequence[float] | None = None,
@@ -59,17 +65,17 @@ def group_parameters(model: nn.Module, patterns_list: Sequence[Sequence[str]], l
     Raises:
         TypeError: ``patterns_list`` is not a list of lists, or an option list has another length.
     """
-    groups: list[dict[str, Any]] = []
     for index, patterns in enumerate(patterns_list):
         if not isinstance(patterns, list):
-            raise TypeError(f"group_parameters: patterns_list[{index}] must be a list of patterns, got "
-                            f"{patterns!r}")
-        groups.append({"params": match_parameters(model, patterns)})
+            raise TypeError(f"group_parameters: patterns_list[{index}] must be a list of patterns (patterns_list "
+                            f"must be list of list of patterns), got {patterns!r}")
+    groups: list[dict[str, Any]] = [{"params": match_parameters(model, p)} for p in patterns_list]
     for key, values in (("lr", lrs), ("momentum", momentums), ("weight_decay", weight_decays)):
         if values is None:
             continue
         if len(values) != len(groups):
-            raise TypeError(f"group_parameters: {len(values)} {key} values for {len(groups)} pattern lists")
+            raise TypeError(f"group_parameters: {len(values)} {key} values for {len(groups)} pattern lists (the "
+                            "lengths must match)")
         for group, value in zip(groups, values):
             group[key] = value
     return groups

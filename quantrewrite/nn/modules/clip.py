@@ -69,6 +69,9 @@ class Clip(nn.Module):
     def __init__(self, clip_value_min: float, clip_value_max: float, learn_min: bool = False,
                  learn_max: bool = False):
         super().__init__()
+        for name, value in (("clip_value_min", clip_value_min), ("clip_value_max", clip_value_max)):
+            if isinstance(value, torch.Tensor) and value.numel() != 1:
+                raise ValueError(f"Clip: {name} must be scalar, got a tensor of shape {list(value.shape)}")
         if clip_value_min > clip_value_max:
             raise ValueError(f"clip_value_min {clip_value_min} > clip_value_max {clip_value_max}")
         low = torch.tensor(float(clip_value_min))

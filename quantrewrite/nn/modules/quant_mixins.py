@@ -33,7 +33,7 @@ def _checked_descriptor(value: Any, what: str) -> QuantDescriptor:
     if not isinstance(value, QuantDescriptor):
         raise TypeError(f"{what} must be a QuantDescriptor, got {type(value).__name__}")
     if not value.fake_quant:
-        raise ValueError(f"{what}: Quant modules support fake quantization only (fake_quant=True)")
+        raise ValueError(f"{what}: Only fake quantization is supported by Quant modules (fake_quant=True)")
     return value
 
 

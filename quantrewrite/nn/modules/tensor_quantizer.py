@@ -403,7 +403,8 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
                 raise ValueError(f"a histogram calibrator needs a method: one of {list(calib.histogram.METHODS)}")
             amax = self._calibrator.compute_amax(method, **kwargs)
         if amax is None:
-            message = (f"{type(self._calibrator).__name__} saw no data: no batch reached this quantizer while "
+            message = (f"Calibrator returned None: {type(self._calibrator).__name__} saw no data: no batch reached "
+                       "this quantizer while "
                        "calibration was on (an unused branch?)")
             if strict:
                 raise CalibrationError(message + "; pass strict=False to keep its amax unchanged")

@@ -44,8 +44,7 @@ class PytorchQuantizationViews:
 
     @property
     def _axis(self) -> Any:
-        axis = self.quant_desc.axis
-        return axis[0] if axis is not None and len(axis) == 1 else axis
+        return self.quant_desc.axis  # an AxisTuple: equal to the int too when it holds one dim
 
     @property
     def _unsigned(self) -> bool:
