@@ -18,6 +18,7 @@ from quantrewrite.patterns import compile_pattern, pattern_matches
 from quantrewrite.plan import Plan
 from quantrewrite.rewrite.apply import apply_plan
 from quantrewrite.rewrite.planner import RewritePlan, build_plan
+from quantrewrite.rewrite.probe import ProbeError, probe
 from quantrewrite.rewrite.tracer import trace_scopes
 
 __all__ = ["QuantConfig", "QuantConfigError", "RewriteError", "disable_quantizers", "enable_quantizers",
@@ -59,17 +60,25 @@ def _prepare(model: nn.Module, config: QuantConfig, concrete_args: dict[str, Any
         raise RewriteError(f"strict=True and {len(trace.failed)} scope(s) did not trace:\n{lines}")
     for name, error in trace.failed.items():
         logger.info("scope %s did not trace, falling back to its children: %s", name or "<root>", error)
-    if example_inputs is not None and not isinstance(example_inputs, tuple):
-        example_inputs = (example_inputs,)
-    return build_plan(model, config, trace, strict=strict, example_inputs=example_inputs)
+    probed = None
+    if trace.failed and example_inputs is not None:
+        try:
+            probed = probe(model, list(trace.failed), example_inputs)
+        except ProbeError as error:
+            raise RewriteError(f"{error}\n(example_inputs must be what the model's forward takes: a tensor, a "
+                               "tuple of positional arguments or a dict of keyword arguments)") from error
+    return build_plan(model, config, trace, strict=strict, example_inputs=example_inputs, probe=probed)
 
 
-def plan(model: nn.Module, cfg: Any = None, *, concrete_args: dict[str, Any] | None = None,
-         leaf_modules: Iterable[type | str] = (), strict: bool = False, example_inputs: Any = None) -> Plan:
-    """Dry run: what ``quantize_model`` would do to every module and functional op site. Changes nothing.
+def plan(model: nn.Module, cfg: Any = None, *, example_inputs: Any = None,
+         concrete_args: dict[str, Any] | None = None, leaf_modules: Iterable[type | str] = (),
+         strict: bool = False) -> Plan:
+    """Dry run: what ``quantize_model`` would do to every module and functional op site. Changes nothing
+    (with ``example_inputs`` the model runs once or twice in eval mode under no_grad: to find the op sites of
+    untraced scopes, and for placement rules; its modes are restored).
 
-    ``example_inputs`` (a tensor or a tuple of positional arguments) gives a config's placement rules the
-    tensor shapes they need (matmul sizes, attention sequence length); see ``quantize_model``.
+    ``example_inputs`` (a tensor, a tuple of positional arguments or a dict of keyword arguments): see
+    ``quantize_model``.
 
     Example:
         >>> print(plan(model, "int8_default"))   # a table: name, kind, type/op, action, details
@@ -79,30 +88,36 @@ def plan(model: nn.Module, cfg: Any = None, *, concrete_args: dict[str, Any] | N
         return _prepare(model, config, concrete_args, leaf_modules, strict, example_inputs).plan
 
 
-def quantize_model(model: nn.Module, cfg: Any = None, *, inplace: bool = False,
+def quantize_model(model: nn.Module, cfg: Any = None, *, example_inputs: Any = None, inplace: bool = False,
                    concrete_args: dict[str, Any] | None = None, leaf_modules: Iterable[type | str] = (),
-                   strict: bool = False, example_inputs: Any = None) -> nn.Module:
+                   strict: bool = False) -> nn.Module:
     """Return the fake-quantized twin of ``model``.
 
     Registered modules are swapped for their Quant classes, and registered functional ops get quantizers
     on their tensor arguments, as the config resolves them. When the whole model does not trace with FX,
-    each child scope is traced separately (modules are swapped everywhere; functional ops are quantized
-    wherever a scope traced) and the plan lists the untraced scopes; with ``strict=True`` that, and a
-    config pattern that matches nothing, is an error instead.
+    each child scope is traced separately (modules are swapped everywhere; functional ops are quantized in
+    the graph wherever a scope traced) and the plan lists the untraced scopes; with ``strict=True`` that, and
+    a config pattern that matches nothing, is an error instead. The functional ops of an untraced scope are
+    quantized at run time when ``example_inputs`` are given: one probe run (eval mode, no_grad) finds them,
+    by owner module and call order, and their quantizers are created on the owner with the usual names
+    (``encoder.layer.0.attention.self.matmul_input_quantizer``). Without example inputs they stay float and
+    the plan says so. A model quantized again for a state_dict must be given the same kind of example input.
 
     Args:
         model: the float model.
         cfg: a preset name ("int8_default", "int8_max", "w4a8"), a YAML path, a dict or a QuantConfig;
             None means "int8_default".
+        example_inputs: what the forward takes: a tensor, a tuple of positional arguments, or a dict of
+            keyword arguments (``{"input_ids": ids}``). Run once (eval, no grad) to find the op sites of
+            untraced scopes (not needed when everything traces), and once so that a config's placement rules
+            see tensor shapes (GEMV and small matmuls, attention sequence length; without it those shape rules
+            leave matmuls quantized).
         inplace: change ``model`` itself (its children are swapped; use the returned model, which is a
             GraphModule when functional ops of the top level were quantized). With False (the default)
             ``model`` is never modified, also when the call raises.
         concrete_args: FX concrete_args for tracing the top-level forward.
         leaf_modules: module types or qualified names FX should not trace into.
         strict: raise on untraceable scopes and on config patterns that match nothing.
-        example_inputs: a tensor or tuple of positional arguments, run once (eval, no grad) so that a
-            config's placement rules see tensor shapes (GEMV and small matmuls, attention sequence length);
-            without it those shape rules leave matmuls quantized.
 
     Returns:
         The quantized model, carrying its plan as ``quant_plan``.
@@ -110,6 +125,7 @@ def quantize_model(model: nn.Module, cfg: Any = None, *, inplace: bool = False,
     Example:
         >>> qmodel = quantize_model(model, "int8_default")
         >>> print(qmodel.quant_plan)
+        >>> qbert = quantize_model(bert, example_inputs={"input_ids": ids})  # attention matmuls too
     """
     config = load_config(cfg)  # validated before anything is copied or touched
     if not isinstance(model, nn.Module):

@@ -35,6 +35,8 @@ class PlanEntry:
         quant_class: the Quant class name a module is swapped for.
         placement: quantizer name -> (what a placement rule did: "placed" or "skipped", the rule's id), for
             every quantizer a placement rule set (``quantrewrite.placement.rules``) placed or left out.
+        runtime: an op site of an untraced scope, matched at run time by owner and call order (found by the
+            probe run on example inputs) instead of in an FX graph.
     """
 
     name: str
@@ -49,6 +51,7 @@ class PlanEntry:
     disabled: dict[str, str] = field(default_factory=dict)
     quant_class: str | None = None
     placement: dict[str, tuple[str, str]] = field(default_factory=dict)
+    runtime: bool = False
 
     @property
     def quantized(self) -> bool:
@@ -131,8 +134,8 @@ def _placement_text(entry: PlanEntry) -> str:
 
 def _details(entry: PlanEntry) -> str:
     if not entry.quantized:
-        return entry.reason or ""
-    parts = []
+        return f"run time: {entry.reason}" if entry.runtime else entry.reason or ""
+    parts = ["run time"] if entry.runtime else []
     if entry.input is not None:
         parts.append(f"in: {_short(entry.input)}")
     if entry.weight is not None:

@@ -33,6 +33,7 @@ __all__ = [
     "FunctionSpec",
     "RegistryError",
     "function_spec",
+    "function_spec_for_callable",
     "function_spec_for_target",
     "quant_module_for",
     "register_quant_function",
@@ -160,13 +161,37 @@ class FunctionSpec:
 _FUNCTIONS: dict[str, FunctionSpec] = {}
 # (FX op, target) -> spec, derived from _FUNCTIONS: the rewrite looks up every graph node here.
 _BY_TARGET: dict[tuple[str, Any], FunctionSpec] = {}
+# The callable a torch function mode sees -> spec, derived from _FUNCTIONS: run-time interception inside
+# untraced scopes looks up every torch call here.
+_BY_CALLABLE: dict[Any, FunctionSpec] = {}
+
+
+def _runtime_callables(spec: FunctionSpec) -> list[Any]:
+    """What ``__torch_function__`` receives for the spec's targets: the functions themselves, the Tensor
+    method of each ``operator`` function (``x + y`` arrives as ``Tensor.add``, ``x += y`` as ``Tensor.add_``,
+    ``x @ y`` as ``Tensor.matmul``), and the Tensor method of each method name."""
+    found = []
+    for function in spec.functions:
+        found.append(function)
+        if getattr(function, "__module__", None) in ("_operator", "operator"):
+            name = function.__name__
+            method = f"{name[1:]}_" if name.startswith("i") and hasattr(operator, name[1:]) else name
+            found.append(getattr(torch.Tensor, method, None))
+    found.extend(getattr(torch.Tensor, method, None) for method in spec.methods)
+    return [target for target in found if target is not None]
 
 
 def _reindex() -> None:
     _BY_TARGET.clear()
+    _BY_CALLABLE.clear()
     for spec in _FUNCTIONS.values():
         _BY_TARGET.update({("call_function", f): spec for f in spec.functions})
         _BY_TARGET.update({("call_method", m): spec for m in spec.methods})
+        for target in _runtime_callables(spec):
+            try:
+                _BY_CALLABLE[target] = spec
+            except TypeError:  # an unhashable callable cannot be looked up anyway
+                continue
 
 
 def register_quant_function(name: str, *, functions: Sequence[Callable[..., Any]] = (),
@@ -222,6 +247,15 @@ def function_spec_for_target(op: str, target: Any) -> FunctionSpec | None:
         return None
 
 
+def function_spec_for_callable(func: Any) -> FunctionSpec | None:
+    """The spec for a callable as a torch function mode receives it (``torch.matmul``, ``Tensor.add``,
+    ``F.linear``); None when the op is not registered."""
+    try:
+        return _BY_CALLABLE.get(func)
+    except TypeError:
+        return None
+
+
 def registered_functions() -> dict[str, FunctionSpec]:
     return dict(_FUNCTIONS)
 
@@ -245,6 +279,8 @@ register_quant_function("interpolate", functions=[F.interpolate], args=_INPUT)
 register_quant_function("linear", functions=[F.linear], args=_WEIGHTED)
 register_quant_function("matmul", functions=[torch.matmul, operator.matmul, torch.bmm],
                         methods=["matmul", "bmm", "__matmul__"], args=(ArgSpec(0, "input"), ArgSpec(1, "other")))
+register_quant_function("sdpa", functions=[F.scaled_dot_product_attention],
+                        args=(ArgSpec(0, "query"), ArgSpec(1, "key"), ArgSpec(2, "value")))
 register_quant_function("add", functions=[operator.add, operator.iadd, torch.add], methods=["add", "add_"],
                         args=_BINARY, enabled_by_default=False)
 register_quant_function("cat", functions=[torch.cat, torch.concat], args=(ArgSpec(0, "tensors", each=True),),

@@ -431,11 +431,11 @@ def _groups(p: _Placer) -> None:
 
 
 def apply_placement(model: nn.Module, cfg: QuantConfig, rp: RewritePlan,
-                    example_inputs: tuple[Any, ...] | None = None) -> None:
+                    example_inputs: Any = None) -> None:
     """Apply ``cfg.placement``'s rule set to ``rp`` (see the module docstring). Changes only the plan."""
     shapes = {}
     if example_inputs is not None and rp.trace is not None:
-        shapes = propagate_shapes(model, rp.trace.traced, tuple(example_inputs))
+        shapes = propagate_shapes(model, rp.trace.traced, example_inputs)
     p = _Placer(model, cfg, rp, shapes, cfg.placement.target)
     p.build_index()
     pools = _module_rules(p)

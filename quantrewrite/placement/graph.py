@@ -182,9 +182,13 @@ class GraphIndex:
         return node.users.keys()
 
 
-def propagate_shapes(model: nn.Module, scopes: list[Any], example_inputs: tuple[Any, ...]) -> dict[fx.Node, Any]:
+def propagate_shapes(model: nn.Module, scopes: list[Any], example_inputs: Any) -> dict[fx.Node, Any]:
     """Output shapes of every node of the traced ``scopes`` (TracedScope objects), from one forward of ``model``
-    on ``example_inputs``; nodes of a scope that was not reached, or whose run fails, are absent."""
+    on ``example_inputs`` (a tensor, a tuple of positional arguments or a dict of keyword arguments); nodes of a
+    scope that was not reached, or whose run fails, are absent."""
+    from quantrewrite.rewrite.probe import normalize_inputs
+
+    args, kwargs = normalize_inputs(example_inputs)
     captured: dict[str, tuple[Any, ...]] = {}
     handles = []
     for scope in scopes:
@@ -196,7 +200,7 @@ def propagate_shapes(model: nn.Module, scopes: list[Any], example_inputs: tuple[
     try:
         model.eval()
         with torch.no_grad():
-            model(*example_inputs)
+            model(*args, **kwargs)
     finally:
         for handle in handles:
             handle.remove()

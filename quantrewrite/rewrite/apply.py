@@ -13,6 +13,7 @@ from torch import fx, nn
 
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 from quantrewrite.rewrite.planner import ArgSlot, OpAction, RewritePlan
+from quantrewrite.rewrite.runtime_plan import attach
 
 __all__ = ["apply_plan"]
 
@@ -70,6 +71,7 @@ def apply_plan(model: nn.Module, rp: RewritePlan) -> nn.Module:
     swaps = [(action.name, action.quant_cls.from_float(action.module, action.input, action.weight))
              for action in rp.modules]
     quantizers = [(op, slot, TensorQuantizer(slot.descriptor)) for op in rp.ops for slot in op.slots]
+    runtime_quantizers = [TensorQuantizer(descriptor) for _, _, descriptor in rp.runtime.new_quantizers]
     for action, (_, quant) in zip(rp.modules, swaps):  # new quantizers follow the mode of the module they join
         for module in quant.modules():
             if isinstance(module, TensorQuantizer):
@@ -111,7 +113,10 @@ def apply_plan(model: nn.Module, rp: RewritePlan) -> nn.Module:
             parent, leaf = _parent(model, scope.name)
             setattr(parent, leaf, gm)
 
-    # 4. Quantizers that the config disables start disabled; group members learn their group.
+    # 4. Op sites of untraced scopes: their quantizers join the owners, which are hooked (runtime_ops.py).
+    attach(root, rp.runtime, runtime_quantizers)
+
+    # 5. Quantizers that the config disables start disabled; group members learn their group.
     for entry in rp.plan.entries:
         for qname in entry.disabled:
             root.get_submodule(qname).disable()

@@ -29,6 +29,8 @@ from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 from quantrewrite.placement.rules import is_candidate
 from quantrewrite.plan import QUANTIZE, SKIP, Plan, PlanEntry
+from quantrewrite.rewrite.probe import ProbeResult
+from quantrewrite.rewrite.runtime_plan import RuntimePlan, plan_runtime_ops, scope_note
 from quantrewrite.rewrite.tracer import TraceResult
 
 __all__ = ["ArgSlot", "ModuleAction", "OpAction", "RewritePlan", "build_plan"]
@@ -80,6 +82,7 @@ class RewritePlan:
     trace: TraceResult | None = None
     sites: dict[fx.Node, str] = field(default_factory=dict)  # every op site's node -> its site name
     rule_groups: list[tuple[str, list[str]]] = field(default_factory=list)  # groups placement rules create
+    runtime: RuntimePlan = field(default_factory=RuntimePlan)  # op sites of untraced scopes (runtime_plan.py)
 
 
 def _qualify(prefix: str, name: str) -> str:
@@ -293,21 +296,31 @@ def _named_slots(site: str, operands: list, res: Any) -> list[ArgSlot]:
 def _plan_scopes(model: nn.Module, rp: RewritePlan) -> None:
     for name, error in rp.trace.failed.items():
         target = type(model.get_submodule(name)).__name__
-        reason = (f"not traced ({error}); functional ops inside stay float, modules inside are still swapped")
+        reason = f"not traced ({error}); modules inside are still swapped; {scope_note(rp.runtime, name)}"
         rp.plan.entries.append(PlanEntry(name, "scope", target, SKIP, reason))
 
 
 def build_plan(model: nn.Module, cfg: QuantConfig, trace: TraceResult, *, strict: bool = False,
-               example_inputs: tuple[Any, ...] | None = None) -> RewritePlan:
+               example_inputs: Any = None, probe: ProbeResult | None = None) -> RewritePlan:
     """Resolve every module and op site of ``model`` against ``cfg``, then apply the config's placement rules
-    (``example_inputs`` gives them tensor shapes) and resolve its shared-range groups. Changes nothing."""
+    (``example_inputs`` gives them tensor shapes) and resolve its shared-range groups. Changes nothing.
+
+    ``probe`` holds the op sites of the untraced scopes that a probe run found (None: no probe was run).
+    """
     from quantrewrite.placement.apply import apply_placement
     from quantrewrite.rewrite.share import resolve_groups
 
     rp = RewritePlan(Plan([], cfg.source, dict(trace.failed), config=cfg.to_dict()), trace=trace)
+    runtime_entries: list[PlanEntry] = []
+    rp.runtime = plan_runtime_ops(model, cfg, probe, runtime_entries)
     _plan_scopes(model, rp)
     _plan_modules(model, cfg, rp)
     _plan_ops(cfg, rp, model)
+    rp.plan.entries.extend(runtime_entries)
+    if trace.failed and probe is None:
+        rp.plan.warnings.append(f"{len(trace.failed)} scope(s) did not trace and no example_inputs were given: the "
+                                "functional ops inside them stay float (pass example_inputs= to find and quantize "
+                                "them at run time)")
     if cfg.placement is not None:
         apply_placement(model, cfg, rp, example_inputs)
     resolve_groups(cfg, rp)
