@@ -115,7 +115,9 @@ def quantize_model(model: nn.Module, cfg: Any = None, *, example_inputs: Any = N
         inplace: change ``model`` itself (its children are swapped; use the returned model, which is a
             GraphModule when functional ops of the top level were quantized). With False (the default)
             ``model`` is never modified, also when the call raises.
-        concrete_args: FX concrete_args for tracing the top-level forward.
+        concrete_args: FX concrete_args: ``{"mask": None}`` for the top-level forward's parameter ``mask``,
+            ``{"encoder.block.mask": None}`` for the parameter ``mask`` of the module ``encoder.block``, used
+            when that module is traced on its own (its parent did not trace). The plan's advice uses this form.
         leaf_modules: module types or qualified names FX should not trace into.
         strict: raise on untraceable scopes and on config patterns that match nothing.
 

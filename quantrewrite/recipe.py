@@ -115,6 +115,8 @@ def load_recipe(model: nn.Module, path: str | os.PathLike[str], *, inplace: bool
 
     ``example_inputs`` is passed to ``quantize_model``: give the same as when the recipe's model was made when
     its config has placement rules that read shapes (``placement: tensorrt`` with matmuls).
+    A model whose untraced scopes got run-time op quantizers needs ``example_inputs`` of the same kind here
+    too, so the probe run finds the same op sites.
 
     Raises:
         RecipeError: the file is not a recipe, or its quantizers do not match the model's (the message names
@@ -129,7 +131,9 @@ def load_recipe(model: nn.Module, path: str | os.PathLike[str], *, inplace: bool
     missing = [name for name in recorded if name not in quantizers]
     extra = [name for name in quantizers if name not in recorded]
     if missing:
-        problems.append(f"in the recipe but not in the model: {', '.join(missing)}")
+        hint = (" (the model has untraced scopes: pass example_inputs= so the probe run finds their op sites)"
+                if example_inputs is None and data.get("untraced_scopes") else "")
+        problems.append(f"in the recipe but not in the model: {', '.join(missing)}{hint}")
     if extra:
         problems.append(f"in the model but not in the recipe: {', '.join(extra)}")
     updates = []

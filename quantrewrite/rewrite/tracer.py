@@ -9,7 +9,8 @@ functional ops of the module that holds it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import inspect
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,7 @@ from quantrewrite import registry
 from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 
-__all__ = ["QuantTracer", "TraceResult", "TracedScope", "trace_scopes"]
+__all__ = ["QuantTracer", "TraceResult", "TracedScope", "scope_concrete_args", "trace_scopes"]
 
 
 class QuantTracer(fx.Tracer):
@@ -89,14 +90,46 @@ def _is_none_guard(node: fx.Node) -> bool:
     return node.op == "call_function" and getattr(node.target, "__name__", None) == "_assert_is_none"
 
 
-def trace_scopes(model: nn.Module, *, concrete_args: dict[str, Any] | None = None,
+def scope_concrete_args(model: nn.Module, concrete_args: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    """Split ``concrete_args`` by scope: ``"mask"`` is the top-level forward's parameter ``mask``,
+    ``"encoder.layer.0.mask"`` the parameter ``mask`` of the module ``encoder.layer.0`` (used when that module
+    is traced on its own, i.e. when its parent did not trace). Parameter names have no dots, so the split is
+    unambiguous.
+
+    Raises:
+        ValueError: a key names no module of ``model``, or no parameter of that module's forward.
+    """
+    scoped: dict[str, dict[str, Any]] = {}
+    for key, value in (concrete_args or {}).items():
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"concrete_args: keys are parameter names or '<module>.<parameter>', got {key!r}")
+        scope, _, param = key.rpartition(".")
+        try:
+            module = model.get_submodule(scope)
+        except AttributeError:
+            raise ValueError(f"concrete_args[{key!r}]: the model has no module {scope!r}") from None
+        try:
+            params = inspect.signature(module.forward).parameters
+        except (TypeError, ValueError):
+            params = None
+        if params is not None and param not in params:
+            where = f"{scope!r} ({type(module).__name__})" if scope else f"the top-level {type(module).__name__}"
+            raise ValueError(f"concrete_args[{key!r}]: the forward of {where} has no parameter {param!r}; it has "
+                             f"{list(params)}")
+        scoped.setdefault(scope, {})[param] = value
+    return scoped
+
+
+def trace_scopes(model: nn.Module, *, concrete_args: Mapping[str, Any] | None = None,
                  leaf_modules: Iterable[type | str] = ()) -> TraceResult:
     """Trace ``model``; where that fails, trace its children separately, recursively.
 
     Leaf modules (see QuantTracer) are never traced on their own: they need no graph to be swapped. That
-    includes the model itself (``quantize_model(nn.Linear(...))`` swaps it whole).
+    includes the model itself (``quantize_model(nn.Linear(...))`` swaps it whole). ``concrete_args`` is split
+    by scope (``scope_concrete_args``): each scope is traced with its own.
     """
     leaf_modules = tuple(leaf_modules)
+    per_scope = scope_concrete_args(model, concrete_args)
     result = TraceResult()
 
     def visit(module: nn.Module, name: str, args: dict[str, Any] | None) -> None:
@@ -109,8 +142,9 @@ def trace_scopes(model: nn.Module, *, concrete_args: dict[str, Any] | None = Non
             return
         unsafe = _none_default_used_as_tensor(graph)
         if unsafe is not None:
+            key = _qualify(name, unsafe)
             result.failed[name] = (f"parameter {unsafe!r} defaults to None, but the traced graph computes with it; "
-                                   f"pass concrete_args={{{unsafe!r}: None}} (top level) to trace calls without it")
+                                   f"if callers never pass it, concrete_args={{{key!r}: None}} traces it without")
             recurse(module, name)
             return
         result.traced.append(TracedScope(name, module, graph))
@@ -121,10 +155,10 @@ def trace_scopes(model: nn.Module, *, concrete_args: dict[str, Any] | None = Non
             if isinstance(child, (nn.ModuleList, nn.ModuleDict)):
                 recurse(child, qualified)  # no forward to trace (FX calls them leaves): visit their items
             elif not QuantTracer(leaf_modules).is_leaf_module(child, qualified):  # names are absolute here
-                visit(child, qualified, None)
+                visit(child, qualified, per_scope.get(qualified))
 
     if isinstance(model, (nn.ModuleList, nn.ModuleDict)):
         recurse(model, "")
     elif not QuantTracer(leaf_modules).is_leaf_module(model, ""):
-        visit(model, "", concrete_args)
+        visit(model, "", per_scope.get(""))
     return result
