@@ -102,7 +102,7 @@ def probe(model: nn.Module, scopes: Iterable[str], example_inputs: Any) -> Probe
         model.eval()
         with torch.no_grad():
             model(*args, **kwargs)
-    except Exception as error:  # noqa: BLE001 - any failure of the user's forward is reported as one error
+    except Exception as error:
         raise ProbeError(f"the probe run on example_inputs failed: {type(error).__name__}: {error}") from error
     finally:
         for handle in handles:

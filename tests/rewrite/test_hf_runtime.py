@@ -50,7 +50,7 @@ def build(name: str, attn: str = "sdpa") -> tuple[nn.Module, object]:
             max_source_positions=16, max_target_positions=16, pad_token_id=0, bos_token_id=1, eos_token_id=2,
             decoder_start_token_id=1)
         model = transformers.WhisperModel(config)
-        inputs = lambda seed: {"input_features": _randn(2, 8, 32, seed=seed),  # noqa: E731
+        inputs = lambda seed: {"input_features": _randn(2, 8, 32, seed=seed),
                                "decoder_input_ids": _ids(2, 5, seed=seed)}
     model.config._attn_implementation = attn
     return model.eval(), inputs

@@ -224,11 +224,10 @@ def test_calls_the_probe_did_not_see_run_float_and_are_logged_once(caplog):
     qmodel = quantize_model(model, example_inputs=torch.randn(2, 4))
     assert [e.name for e in qmodel.quant_plan.functions() if e.runtime] == ["matmul", "matmul_1"]
     disable_quantizers(qmodel, "*")
-    with caplog.at_level(logging.WARNING, logger="quantrewrite.rewrite.runtime_ops"):
-        with torch.no_grad():
-            x = torch.randn(3, 4)
-            assert torch.equal(qmodel(x), model(x))
-            qmodel(x)
+    with caplog.at_level(logging.WARNING, logger="quantrewrite.rewrite.runtime_ops"), torch.no_grad():
+        x = torch.randn(3, 4)
+        assert torch.equal(qmodel(x), model(x))
+        qmodel(x)
     assert [r.getMessage() for r in caplog.records] == [
         "<root>: call 2 of matmul was not seen by the probe run; it has no quantizers and runs float"]
 
