@@ -6,36 +6,56 @@ The public verbs and types. The pytorch-quantization import paths live beside th
 ``quantrewrite.enable_onnx_export()`` (see MIGRATION.md).
 """
 
-from quantrewrite import calib, nn, optim, quant_modules, tensor_quant, utils
-from quantrewrite.api import (
-    RewriteError,
-    disable_quantizers,
-    enable_quantizers,
-    list_quantizers,
-    plan,
-    quantize_model,
-    summary,
-)
-from quantrewrite.calibration import CalibrationResult, calibrate, calibration, load_calib_amax
-from quantrewrite.config import QuantConfig, QuantConfigError, available_presets, load_config
-from quantrewrite.descriptor import QuantDescriptor, QuantDescriptorError
-from quantrewrite.export import ExportError, ExportReport, export_onnx
-from quantrewrite.nn import TensorQuantizer
-from quantrewrite.plan import Plan, PlanEntry
-from quantrewrite.quant_modules import deactivate, enable_onnx_export, initialize
-from quantrewrite.recipe import RecipeError, load_recipe, save_recipe
-from quantrewrite.registry import (
-    ArgSpec,
-    RegistryError,
-    register_quant_function,
-    register_quant_module,
-    unregister_quant_function,
-    unregister_quant_module,
-)
+# Nothing is imported until it is used (PEP 562): ``import quantrewrite`` and the command line's
+# ``--help`` do not load torch. Each public name maps to the module that defines it; a new public name goes
+# into _EXPORTS and __all__.
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = [
+_SUBMODULES = ("calib", "nn", "optim", "quant_modules", "tensor_quant", "utils")
+_EXPORTS = {
+    "ArgSpec": "quantrewrite.registry",
+    "CalibrationResult": "quantrewrite.calibration",
+    "ExportError": "quantrewrite.export",
+    "ExportReport": "quantrewrite.export",
+    "Plan": "quantrewrite.plan",
+    "PlanEntry": "quantrewrite.plan",
+    "QuantConfig": "quantrewrite.config",
+    "QuantConfigError": "quantrewrite.config",
+    "QuantDescriptor": "quantrewrite.descriptor",
+    "QuantDescriptorError": "quantrewrite.descriptor",
+    "RecipeError": "quantrewrite.recipe",
+    "RegistryError": "quantrewrite.registry",
+    "RewriteError": "quantrewrite.api",
+    "TensorQuantizer": "quantrewrite.nn",
+    "available_presets": "quantrewrite.config",
+    "calibrate": "quantrewrite.calibration",
+    "calibration": "quantrewrite.calibration",
+    "deactivate": "quantrewrite.quant_modules",
+    "disable_quantizers": "quantrewrite.api",
+    "enable_onnx_export": "quantrewrite.quant_modules",
+    "enable_quantizers": "quantrewrite.api",
+    "export_onnx": "quantrewrite.export",
+    "initialize": "quantrewrite.quant_modules",
+    "list_quantizers": "quantrewrite.api",
+    "load_calib_amax": "quantrewrite.calibration",
+    "load_config": "quantrewrite.config",
+    "load_recipe": "quantrewrite.recipe",
+    "plan": "quantrewrite.api",
+    "quantize_model": "quantrewrite.api",
+    "register_quant_function": "quantrewrite.registry",
+    "register_quant_module": "quantrewrite.registry",
+    "save_recipe": "quantrewrite.recipe",
+    "summary": "quantrewrite.api",
+    "unregister_quant_function": "quantrewrite.registry",
+    "unregister_quant_module": "quantrewrite.registry",
+}
+
+__all__ = [  # every name of _SUBMODULES and _EXPORTS (a test checks)
     "ArgSpec",
     "CalibrationResult",
     "ExportError",
@@ -79,3 +99,18 @@ __all__ = [
     "unregister_quant_module",
     "utils",
 ]
+
+def __getattr__(name: str) -> Any:
+    """Import a public name (or a submodule) on first use and keep it as a module attribute."""
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    elif name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -25,6 +25,7 @@ from torch import nn
 
 from quantrewrite import calib
 from quantrewrite.calib import distributed, groups
+from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 
 __all__ = ["CALIB_METHODS", "DEFAULT_METHOD", "HISTOGRAM_METHODS", "CalibrationResult", "calibrate", "calibration",
@@ -32,10 +33,9 @@ __all__ = ["CALIB_METHODS", "DEFAULT_METHOD", "HISTOGRAM_METHODS", "CalibrationR
 
 logger = logging.getLogger(__name__)
 
-# The methods ``calibrate`` accepts: the one list every other place (the CLI's --method, docs) derives from.
-# Max calibrators always give the max; the method decides how histogram calibrators pick amax.
-CALIB_METHODS = ("max", "entropy", "percentile", "mse")
-DEFAULT_METHOD = "entropy"
+# The methods ``calibrate`` accepts (CALIB_METHODS, in quantrewrite/methods.py: the one list every other place,
+# the CLI's --method and the docs, derives from). Max calibrators always give the max; the method decides how
+# histogram calibrators pick amax.
 HISTOGRAM_METHODS = CALIB_METHODS  # the former name, kept for existing imports
 
 

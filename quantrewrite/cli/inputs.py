@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from quantrewrite.cli.errors import CLIError, UsageError
 from quantrewrite.descriptor import did_you_mean
 
 __all__ = ["CLIError", "UsageError", "check_model_accepts", "describe_batch", "load_batches", "load_model",
@@ -26,18 +27,6 @@ RANDOM_PREFIX = "random:"
 DEFAULT_BATCH_SIZE = 32
 DEFAULT_RANDOM_BATCHES = 4
 SEED = 0
-
-
-class CLIError(Exception):
-    """A problem with the user's input, reported as one line and exit status 1."""
-
-    exit_code = 1
-
-
-class UsageError(CLIError):
-    """A malformed command line (exit status 2, as argparse's own errors)."""
-
-    exit_code = 2
 
 
 def _first_line(error: BaseException) -> str:

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from quantrewrite.api import RewriteError
-from quantrewrite.calibration import HISTOGRAM_METHODS
-from quantrewrite.cli import commands
-from quantrewrite.cli.inputs import CLIError, UsageError
-from quantrewrite.config import QuantConfigError
-from quantrewrite.export import ExportError
-from quantrewrite.recipe import RecipeError
+from quantrewrite.cli.errors import CLIError, UsageError
+from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
 
 __all__ = ["build_parser", "main"]
 
@@ -29,6 +25,17 @@ EPILOG = """examples:
   quantrewrite validate my.yaml
 
 presets: int8_default, int8_max, w4a8, tensorrt, dla; run 'quantrewrite COMMAND --help' for more."""
+
+
+def _command(module: str, name: str) -> Callable[[argparse.Namespace], int]:
+    """The subcommand ``module.name``, imported when it runs: building the parser (and ``--help``) must not
+    import torch."""
+
+    def run(args: argparse.Namespace) -> int:
+        return getattr(importlib.import_module(f"quantrewrite.cli.{module}"), name)(args)
+
+    run.__name__ = name
+    return run
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a preset name or a YAML file (default: int8_default)")
     p.add_argument("--strict", action="store_true",
                    help="fail on scopes that do not trace and on config patterns that match nothing")
-    p.set_defaults(run=commands.run_plan)
+    p.set_defaults(run=_command("commands", "run_plan"))
 
     q = sub.add_parser("quantize", parents=[common], help="quantize and calibrate; write a recipe (and ONNX)",
                        description="Quantize MODEL with a config, calibrate it on DATA, write the recipe and "
@@ -93,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "along dim 0 into batches, or a list of batches (tensors, tuples or dicts of tensors); "
                    "'digits' (the shipped 8x8 digits, for quantrewrite.demo_model:DigitsCNN); or "
                    "'random:SHAPE', e.g. random:8x3x32x32 (seeded normal batches of that shape)")
-    q.add_argument("--method", choices=HISTOGRAM_METHODS, default="entropy",
+    q.add_argument("--method", choices=CALIB_METHODS, default=DEFAULT_METHOD,
                    help="how histogram calibrators pick amax (default: entropy); max calibrators take the max")
     q.add_argument("--percentile", type=_percentile, default=99.99, metavar="P",
                    help="the percentile for --method percentile (default: 99.99)")
@@ -109,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "first calibration batch)")
     q.add_argument("--strict", action="store_true",
                    help="fail on scopes that do not trace and on config patterns that match nothing")
-    q.set_defaults(run=commands.run_quantize)
+    q.set_defaults(run=_command("commands", "run_quantize"))
 
     v = sub.add_parser("validate", parents=[common], help="check a config and print every located error",
                        description="Check a YAML config or a preset name: print every error with its place, or "
@@ -117,17 +124,24 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("config", metavar="CONFIG", help="a YAML file or a preset name")
     v.add_argument("--model", metavar="MODEL", help=MODEL_HELP)
     v.add_argument("--strict", action="store_true", help="with --model: a pattern that matches nothing is an error")
-    v.set_defaults(run=commands.run_validate)
+    v.set_defaults(run=_command("commands", "run_validate"))
 
     d = sub.add_parser("demo", parents=[common], help="quantize a digits CNN end to end (no network needed)",
                        description="The shipped digits CNN: plan, calibrate with max/entropy/percentile/mse, "
                        "int8 and w4a8 accuracy and SQNR, and a verified ONNX export of the best int8 model.")
-    d.set_defaults(run=commands.run_demo)
+    d.set_defaults(run=_command("commands", "run_demo"))
     return parser
 
 
-# errors whose message says all: shown without their type or a hint
-_REPORTED = (CLIError, QuantConfigError, RecipeError, ExportError, RewriteError, OSError)
+# errors whose message says all: shown without their type or a hint (imported only once one is raised)
+_REPORTED = (("quantrewrite.config", "QuantConfigError"), ("quantrewrite.recipe", "RecipeError"),
+             ("quantrewrite.export", "ExportError"), ("quantrewrite.api", "RewriteError"))
+
+
+def _reported(error: Exception) -> bool:
+    if isinstance(error, (CLIError, OSError)):
+        return True
+    return any(isinstance(error, getattr(importlib.import_module(module), name)) for module, name in _REPORTED)
 
 
 def _one_line(text: str) -> str:
@@ -160,7 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.debug:
                 raise
             code = error.exit_code if isinstance(error, CLIError) else 1
-            if isinstance(error, _REPORTED) and str(error):
+            if _reported(error) and str(error):
                 text = _one_line(error)
             else:  # unexpected: say what it was and how to see where
                 text = f"{type(error).__name__}: {_one_line(error)} (--debug shows the traceback)"
