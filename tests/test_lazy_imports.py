@@ -44,3 +44,13 @@ def test_every_public_name_resolves() -> None:
     with pytest.raises(AttributeError, match="no attribute 'quantise_model'"):
         quantrewrite.quantise_model  # noqa: B018
     assert "quantize_model" in dir(quantrewrite)
+
+
+def test_functions_named_like_submodules_win() -> None:
+    # quantrewrite.plan and quantrewrite.calibration are functions even after their modules are imported.
+    code = ("import quantrewrite, quantrewrite.plan, quantrewrite.calibration\n"
+            "from quantrewrite import plan, calibration\n"
+            "assert callable(plan) and plan.__module__ == 'quantrewrite.api', plan\n"
+            "assert calibration.__module__ == 'quantrewrite.calibration' and callable(calibration)\n"
+            "assert quantrewrite.plan is plan and quantrewrite.calibration is calibration")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
