@@ -6,12 +6,14 @@ with scale = amax / max_bound and zero point 0, over (-128, 127) (int8) or (0, 2
 quantizers). The exporters turn those into one QuantizeLinear -> DequantizeLinear pair each (per-channel:
 a 1-D scale of C values and ``axis``). Disabled quantizers, and quantizers with quantization off, emit nothing.
 
-Exporter: torch's TorchScript exporter (``dynamo=False``), because on torch 2.4-2.13 it writes opset 13-17
-natively (the torch.export-based one implements opset >= 18 only and converts down), keeps QuantizeLinear on
-float weights with constant folding on (TensorRT wants Q/DQ on weights; the scales still fold into
-initializers), needs no onnxscript, and records whatever Python control flow the forward takes. Its
-DeprecationWarnings (and only those) are silenced. ``exporter="dynamo"`` uses the torch.export-based exporter
-instead (onnxscript needed; the model must be torch.export-able); the same checks apply to both.
+Exporter: torch's TorchScript exporter (``dynamo=False``) by default, because on torch 2.4-2.13 it writes
+opset 13-17 natively (the torch.export-based one implements opset >= 18 only), keeps QuantizeLinear on float
+weights with constant folding on (TensorRT wants Q/DQ on weights; the scales still fold into initializers),
+needs no onnxscript, and records whatever Python control flow the forward takes. Its DeprecationWarnings (and
+only those) are silenced. Where it fails (ops it has no symbolic for, such as ``aten::diff``), the
+torch.export-based exporter (``exporter="dynamo"``: onnxscript needed, the model must be torch.export-able)
+retries at opset 18; the same checks apply to both. Inputs, names and dynamic axes: ``export_io``; the checks:
+``export_verify``; the report: ``export_report``.
 
 Example:
     >>> qmodel = quantize_model(model, "int8_default")
@@ -22,26 +24,32 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import logging
 import os
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from quantrewrite.export_verify import compare_outputs, count_qdq_pairs, load_checked, run_onnxruntime
+from quantrewrite.export_dynamo import dynamo_qdq, translations
+from quantrewrite.export_io import BATCH, ExampleInputs, KeywordCall, batch_dynamic_axes, bind_example, output_names_of
+from quantrewrite.export_report import ExportReport, TensorSpec
+from quantrewrite.export_verify import verify_export
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 from quantrewrite.tensor_quant import AMAX_EPSILON, quant_bounds
 
-__all__ = ["ExportError", "ExportReport", "export_onnx", "export_problems", "quantize_for_export"]
+__all__ = ["ExportError", "ExportReport", "TensorSpec", "export_onnx", "export_problems", "quantize_for_export"]
 
 logger = logging.getLogger(__name__)
 
 EXPORTERS = ("torchscript", "dynamo")
+DEFAULT_OPSET = 17
+DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter implements opset 18 and later
 _TORCHSCRIPT_DEPRECATIONS = (r"You are using the legacy TorchScript-based ONNX export",
                              r"The feature will be removed")
 
@@ -138,7 +146,12 @@ def quantize_for_export(quantizer: TensorQuantizer, inputs: torch.Tensor) -> tor
     min_bound, max_bound = quant_bounds(8, quantizer.unsigned, narrow_range=False)
     scale = amax / max_bound
     x = inputs if inputs.dtype == torch.float32 else inputs.float()
-    if amax.dim() == 0 or quantizer.axis is None:
+    per_tensor = amax.dim() == 0 or quantizer.axis is None
+    if not torch.jit.is_tracing():  # the torch.export-based exporter (see export_dynamo)
+        scale = scale.reshape(()) if per_tensor else scale.reshape(-1)
+        axis = None if per_tensor else quantizer.axis[0] % x.dim()
+        out = dynamo_qdq(x, scale, axis, int(min_bound), int(max_bound), quantizer.unsigned)
+    elif per_tensor:
         scale = scale if scale.dim() == 0 else scale.reshape(())
         zero_point = torch.zeros((), dtype=torch.int32, device=x.device)
         out = torch.fake_quantize_per_tensor_affine(x, scale, zero_point, int(min_bound), int(max_bound))
@@ -150,83 +163,12 @@ def quantize_for_export(quantizer: TensorQuantizer, inputs: torch.Tensor) -> tor
     return out if out.dtype == inputs.dtype else out.to(inputs.dtype)
 
 
-# ------------------------------------------------------------------------------------------------ the report
-@dataclass
-class ExportReport:
-    """What ``export_onnx`` wrote, and how onnxruntime's outputs compare with the PyTorch model's.
-
-    Attributes:
-        path: the ONNX file.
-        opset: the file's ai.onnx opset.
-        exporter: "torchscript" or "dynamo".
-        qdq_pairs: QuantizeLinear -> DequantizeLinear pairs in the file (a DequantizeLinear fed by an int8/uint8
-            constant, i.e. a weight pair the exporter folded, counts as one); None without verification.
-        expected_pairs: quantizer calls in the example forward: each call of an enabled quantizer emits a pair.
-        quantizers: the quantizers exported (enabled, quantizing, reached by the example forward).
-        not_reached: enabled quantizers the example forward never called: the file has no pair for them.
-        skipped: disabled quantizers and quantizers with quantization off: no pair, by design.
-        max_abs_diff: max |onnxruntime - PyTorch| (of the output closest to its bound); None without verification.
-        tolerance: the bound max_abs_diff is held to (see ``export_onnx``).
-        sqnr_db: 10 log10(sum ref^2 / sum (ref - onnx)^2) over all outputs; inf when they are identical.
-        cosine: cosine similarity of all outputs, flattened.
-        passed: True when every check passed; None when verify=False.
-        failures: what failed.
-        warnings: what is worth knowing but did not fail the export.
-        groups: shared-range group -> its exported quantizers (one scale each group).
-    """
-
-    path: str
-    opset: int
-    exporter: str
-    expected_pairs: int
-    quantizers: list[str]
-    not_reached: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    qdq_pairs: int | None = None
-    max_abs_diff: float | None = None
-    tolerance: float | None = None
-    sqnr_db: float | None = None
-    cosine: float | None = None
-    passed: bool | None = None
-    failures: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-    groups: dict[str, list[str]] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        lines = [f"ONNX export {self.path} (opset {self.opset}, {self.exporter} exporter)"]
-        found = "not counted" if self.qdq_pairs is None else str(self.qdq_pairs)
-        lines.append(f"  Q/DQ pairs: {found} (expected {self.expected_pairs}: {len(self.quantizers)} quantizers "
-                     f"exported, {len(self.skipped)} disabled or not quantizing)")
-        if self.not_reached:
-            lines.append(f"  not reached by the example forward (no pair): {', '.join(self.not_reached)}")
-        if self.groups:
-            lines.append(f"  shared-range groups: {len(self.groups)} ("
-                         + "; ".join(f"{g}: {len(m)} quantizers" for g, m in self.groups.items()) + ")")
-        if self.max_abs_diff is not None:
-            lines.append(f"  onnxruntime vs PyTorch: max |diff| {self.max_abs_diff:.3g} (tolerance "
-                         f"{self.tolerance:.3g}), SQNR {self.sqnr_db:.1f} dB, cosine {self.cosine:.6f}")
-        lines += [f"  warning: {text}" for text in self.warnings]
-        lines += [f"  FAILED: {text}" for text in self.failures]
-        verdict = {None: "not verified", True: "passed", False: "FAILED"}[self.passed]
-        lines.append(f"  verification: {verdict}")
-        return "\n".join(lines)
-
-
 # --------------------------------------------------------------------------------------------- the PyTorch run
-def _flatten(value: Any) -> list[Any]:
-    """The leaves of nested tuples/lists/dicts, in order (what the exporters flatten outputs to)."""
-    if isinstance(value, (tuple, list)):
-        return [leaf for item in value for leaf in _flatten(item)]
-    if isinstance(value, Mapping):
-        return [leaf for item in value.values() for leaf in _flatten(item)]
-    return [value]
-
-
 @dataclass
 class _ForwardRecord:
     calls: dict[str, int]
     distinct: int  # calls that differ in input tensor or grid (identical ones may be merged by an exporter)
-    outputs: list[torch.Tensor]
+    outputs: Any  # what forward returned
 
 
 def _amax_key(quantizer: TensorQuantizer) -> tuple[Any, ...]:
@@ -237,7 +179,7 @@ def _amax_key(quantizer: TensorQuantizer) -> tuple[Any, ...]:
     return quantizer.unsigned, quantizer.scale_amax, values
 
 
-def _record_forward(model: nn.Module, args: tuple[Any, ...], quantizers: Mapping[str, TensorQuantizer]
+def _record_forward(model: nn.Module, inputs: ExampleInputs, quantizers: Mapping[str, TensorQuantizer]
                     ) -> _ForwardRecord:
     """Run the PyTorch model once on the example input, counting each quantizer's calls (pre-hooks removed
     afterwards)."""
@@ -255,35 +197,40 @@ def _record_forward(model: nn.Module, args: tuple[Any, ...], quantizers: Mapping
     handles = [q.register_forward_pre_hook(hook_for(n, q)) for n, q in quantizers.items()]
     try:
         with torch.no_grad():
-            outputs = model(*args)
+            outputs = inputs.call(model)
     finally:
         for handle in handles:
             handle.remove()
-    return _ForwardRecord(calls, len(seen), _flatten(outputs))
+    return _ForwardRecord(calls, len(seen), outputs)
 
 
 # ----------------------------------------------------------------------------------------------- the export
-def _run_exporter(model: nn.Module, args: tuple[Any, ...], path: str, exporter: str, opset: int,
-                  input_names: Sequence[str] | None, output_names: Sequence[str] | None,
-                  dynamic_axes: Mapping[str, Any] | None) -> list[str]:
+def _run_exporter(model: nn.Module, inputs: ExampleInputs, path: str, exporter: str, opset: int,
+                  names: tuple[list[str], list[str]], dynamic_axes: Mapping[str, Any] | None) -> list[str]:
     """Export, silencing only the TorchScript exporter's own DeprecationWarnings; every other warning is
     re-emitted once (not once per quantizer call) and returned."""
-    options: dict[str, Any] = {"opset_version": opset, "dynamic_axes": dynamic_axes,
-                               "input_names": list(input_names) if input_names else None,
-                               "output_names": list(output_names) if output_names else None}
+    target, args, kwargs = model, inputs.args, inputs.kwargs or None
+    if exporter == "torchscript" and kwargs:
+        target = KeywordCall(model, inputs)
+        args, kwargs = target.example_args(inputs), None
+    options: dict[str, Any] = {"kwargs": kwargs, "opset_version": opset,
+                               "dynamic_axes": dict(dynamic_axes) if dynamic_axes else None,
+                               "input_names": names[0] or None, "output_names": names[1] or None}
     if exporter == "torchscript":
         # Constant folding on: scales (amax / max_bound) become initializers; the TorchScript exporter does
         # not fold QuantizeLinear, so weights keep their float initializer and their Q/DQ pair (TensorRT wants
         # Q/DQ on weights). A folded weight pair (int8 initializer + DequantizeLinear) is still counted.
         options.update(dynamo=False, do_constant_folding=True)
     else:
-        options.update(dynamo=True, verbose=False)
+        options.update(dynamo=True, verbose=False, custom_translation_table=translations())
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for pattern in _TORCHSCRIPT_DEPRECATIONS:
             warnings.filterwarnings("ignore", message=pattern, category=DeprecationWarning)
         with torch.no_grad():
-            torch.onnx.export(model, args, path, **options)
+            program = torch.onnx.export(target, args, path if exporter == "torchscript" else None, **options)
+            if program is not None:  # the dynamo exporter returns an ONNXProgram
+                program.save(path)
     texts, seen = [], set()
     for item in caught:
         key = (item.category, str(item.message))
@@ -312,22 +259,101 @@ def _exported_groups(emitting: Mapping[str, TensorQuantizer], reached: list[str]
     return groups
 
 
+def _failure_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _export_with_fallback(model: nn.Module, inputs: ExampleInputs, path: str, exporter: str, opset: int,
+                          names: tuple[list[str], list[str]], dynamic_axes: Mapping[str, Any] | None,
+                          fallback: bool) -> tuple[str, int, list[str]]:
+    """Run the exporter; when the TorchScript one fails (and ``fallback``), say why and retry with dynamo at
+    opset >= 18. Returns (the exporter that wrote the file, its opset, the notes for the report)."""
+    try:
+        return exporter, opset, _run_exporter(model, inputs, path, exporter, opset, names, dynamic_axes)
+    except ExportError:
+        raise
+    except Exception as error:
+        failed = f"the {exporter} exporter failed: {_failure_line(error)}"
+        if exporter != "torchscript" or not fallback:
+            raise ExportError(failed) from error
+        first = error
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+    except ImportError:
+        raise ExportError(f"{failed}; the dynamo exporter could retry, but it needs onnxscript "
+                          "(pip install 'quantrewrite[onnx]')") from first
+    retry_opset = max(opset, DYNAMO_MIN_OPSET)
+    logger.warning("%s; retrying with the dynamo exporter at opset %d", failed, retry_opset)
+    try:
+        notes = _run_exporter(model, inputs, path, "dynamo", retry_opset, names, dynamic_axes)
+    except ExportError:
+        raise
+    except Exception as error:
+        raise ExportError(f"{failed}; the dynamo exporter failed too: {_failure_line(error)}") from error
+    return "dynamo", retry_opset, [f"{failed}; written by the dynamo exporter at opset {retry_opset}", *notes]
+
+
 def _tiny_amax(quantizer: TensorQuantizer) -> bool:
     amax = quantizer.amax
     return amax is not None and not quantizer.is_clip_enabled and bool((amax <= AMAX_EPSILON).any())
 
 
-def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...], path: str | os.PathLike, *,
-                opset: int = 17, input_names: Sequence[str] | None = None,
-                output_names: Sequence[str] | None = None, dynamic_axes: Mapping[str, Any] | None = None,
-                verify: bool = True, tolerance_steps: float = 4.0, atol: float | None = None,
-                exporter: str = "torchscript") -> ExportReport:
+def _graph_names(model: nn.Module, inputs: ExampleInputs, outputs: Any, input_names: Sequence[str] | None,
+                 output_names: Sequence[str] | None) -> tuple[list[str], list[str]]:
+    """The user's names, then the readable defaults for the rest (see export_io)."""
+    defaults_in, defaults_out = inputs.names, output_names_of(outputs)
+    chosen_in = list(input_names or [])
+    chosen_out = list(output_names or [])
+    return chosen_in + defaults_in[len(chosen_in):], chosen_out + defaults_out[len(chosen_out):]
+
+
+def _check_arguments(model: Any, exporter: str, opset: int | None, dynamic_axes: Any, tolerance_steps: float,
+                     atol: float | None) -> int:
+    """Validate export_onnx's arguments; return the opset to use."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
+    if exporter not in EXPORTERS:
+        raise ValueError(f"exporter: expected one of {list(EXPORTERS)}, got {exporter!r}")
+    if opset is None:
+        opset = DEFAULT_OPSET if exporter == "torchscript" else DYNAMO_MIN_OPSET
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 13:
+        raise ValueError(f"opset: expected an int >= 13 (per-axis QuantizeLinear), got {opset!r}")
+    if exporter == "dynamo" and opset < DYNAMO_MIN_OPSET:
+        raise ValueError(f"opset: the dynamo exporter writes opset >= {DYNAMO_MIN_OPSET}, got {opset}")
+    if not (dynamic_axes is None or dynamic_axes == BATCH or isinstance(dynamic_axes, Mapping)):
+        raise ValueError(f"dynamic_axes: expected None, {BATCH!r} or a dict of input/output name -> axes, got "
+                         f"{dynamic_axes!r}")
+    if not tolerance_steps >= 0 or (atol is not None and not atol >= 0):
+        raise ValueError(f"tolerance_steps and atol must be >= 0, got {tolerance_steps!r} and {atol!r}")
+    return opset
+
+
+def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...] | Mapping[str, Any],
+                path: str | os.PathLike, *, kwargs: Mapping[str, Any] | None = None,
+                input_names: Sequence[str] | None = None, output_names: Sequence[str] | None = None,
+                dynamic_axes: str | Mapping[str, Any] | None = None, opset: int | None = None,
+                exporter: str = "torchscript", fallback: bool = True, verify: bool = True,
+                tolerance_steps: float = 4.0, atol: float | None = None) -> ExportReport:
     """Export a fake-quantized model to ONNX with standard QuantizeLinear/DequantizeLinear pairs, and check it.
 
     Each call of an enabled quantizer becomes one pair: scale = amax / max_bound (float32), zero point 0 of
     type int8 (uint8 for unsigned quantizers), per-channel scales as a 1-D tensor with ``axis``. The model is
     exported in eval mode under ``torch.no_grad()``; every module's train/eval mode is restored afterwards and
     nothing in the model changes.
+
+    Inputs: ``args`` (positional) and ``kwargs`` (keyword; a dict passed as ``args`` is taken as ``kwargs``,
+    the form of a calibration batch), so Hugging Face models export as they are called, without a wrapper.
+    Graph inputs are named after ``forward``'s parameters and outputs after a returned dict's keys (``output``,
+    ``output_0``... otherwise); ``input_names`` / ``output_names`` override the first ones. ``dynamic_axes=
+    "batch"`` makes dim 0 of every input and output a dynamic ``batch`` dimension (and verification then runs
+    onnxruntime at a second batch size, twice the example's); a dict is passed to the exporter as it is.
+
+    Exporters: "torchscript" (default) writes opset 13-17 (default 17); when it fails (e.g. ``aten::diff``,
+    sdpa's ``enable_gqa`` in LLaMA-style models) the failure is logged, noted in the report's warnings, and the
+    torch.export-based "dynamo" exporter retries at opset >= 18 (``fallback=False`` raises instead). "dynamo"
+    writes opset >= 18 (default 18; needs onnxscript, and a model torch.export can capture). Both write the
+    same Q/DQ pairs and go through the same checks.
 
     Before exporting, every enabled quantizer the example forward reaches is checked; an ExportError lists all
     that cannot be written as int8/uint8 Q/DQ without changing numerics (uncalibrated or dynamic amax,
@@ -337,7 +363,7 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...], path: st
     Verification (``verify=True``, needs onnx and onnxruntime): the file passes ``onnx.checker``; it holds one
     Q/DQ pair per quantizer call of the example forward (an exporter may merge two calls that quantize the same
     tensor with the same scale); and onnxruntime (CPU, graph optimizations off, so the file's own semantics
-    are checked) agrees with the PyTorch model on ``args``:
+    are checked) agrees with the PyTorch model on the example:
 
         max |onnx - torch| <= tolerance_steps * max |torch| / 127 + 2^-24    (per output; <= atol when given)
 
@@ -357,35 +383,33 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...], path: st
 
     Args:
         model: the quantized model (from ``quantize_model``), calibrated.
-        args: the example input: a tensor or a tuple of positional arguments.
+        args: the example input: a tensor, a tuple of positional arguments, or a dict of keyword arguments.
         path: where to write the .onnx file.
-        opset: the ai.onnx opset (>= 13: per-axis Q/DQ). The dynamo exporter writes >= 18.
-        input_names, output_names, dynamic_axes: passed to ``torch.onnx.export``.
+        kwargs: example keyword arguments.
+        input_names, output_names: graph input / output names (default: see above).
+        dynamic_axes: None (static shapes), "batch", or ``torch.onnx.export``'s dict.
+        opset: the ai.onnx opset (>= 13: per-axis Q/DQ; >= 18 with dynamo); default 17 (dynamo: 18).
+        exporter: "torchscript" or "dynamo" (above).
+        fallback: retry with dynamo when the TorchScript exporter fails.
         verify: check the file (above); raises ExportError when a check fails.
         tolerance_steps: the bound on max |diff|, in steps of an 8-bit grid spanning each output.
         atol: an absolute bound instead.
-        exporter: "torchscript" (default; see the module docstring) or "dynamo".
 
     Returns:
         An ExportReport (its ``passed`` is None when verify=False).
 
     Raises:
-        ExportError: a quantizer cannot be exported (``problems`` names them all), or verification failed
-            (``report`` tells how).
+        ExportError: a quantizer cannot be exported (``problems`` names them all), both exporters failed, or
+            verification failed (``report`` tells how).
+        TypeError: ``forward`` does not accept the example.
 
     Example:
-        >>> report = export_onnx(qmodel, torch.randn(1, 3, 32, 32), "model.onnx")
+        >>> report = export_onnx(qmodel, torch.randn(1, 3, 32, 32), "model.onnx", dynamic_axes="batch")
         >>> report.qdq_pairs, report.max_abs_diff <= report.tolerance
+        >>> export_onnx(hf_model, (), "bert.onnx", kwargs=tokenizer_output, dynamic_axes="batch")
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
-    if exporter not in EXPORTERS:
-        raise ValueError(f"exporter: expected one of {list(EXPORTERS)}, got {exporter!r}")
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 13:
-        raise ValueError(f"opset: expected an int >= 13 (per-axis QuantizeLinear), got {opset!r}")
-    if not tolerance_steps >= 0 or (atol is not None and not atol >= 0):
-        raise ValueError(f"tolerance_steps and atol must be >= 0, got {tolerance_steps!r} and {atol!r}")
-    args = (args,) if isinstance(args, torch.Tensor) else tuple(args)
+    opset = _check_arguments(model, exporter, opset, dynamic_axes, tolerance_steps, atol)
+    inputs = bind_example(model, args, kwargs)
     path = os.fspath(path)
     quantizers = {name or "<root>": m for name, m in model.named_modules() if isinstance(m, TensorQuantizer)}
     emitting = {name: q for name, q in quantizers.items() if _emits(q)}
@@ -396,7 +420,7 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...], path: st
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
-        record = _record_forward(model, args, emitting)
+        record = _record_forward(model, inputs, emitting)
         reached = [name for name, count in record.calls.items() if count]
         problems = {name: found for name in reached if (found := _quantizer_problems(emitting[name]))}
         if problems:
@@ -407,16 +431,24 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...], path: st
         if tiny:
             notes.append(f"amax <= 2^-24 in {', '.join(tiny)}: exported with scale <= 2^-24/127 (0 for amax 0); "
                          "TensorRT wants positive scales")
-        notes += _run_exporter(model, args, path, exporter, opset, input_names, output_names, dynamic_axes)
+        names = _graph_names(model, inputs, record.outputs, input_names, output_names)
+        axes = batch_dynamic_axes(inputs, names[0], record.outputs, names[1]) if dynamic_axes == BATCH else \
+            dynamic_axes
+        used, opset, exported = _export_with_fallback(model, inputs, path, exporter, opset, names, axes, fallback)
+        report = ExportReport(path=path, opset=opset, exporter=used, expected_pairs=sum(record.calls.values()),
+                              quantizers=reached, not_reached=[n for n in emitting if n not in reached],
+                              skipped=[n for n in quantizers if n not in emitting], warnings=notes + exported,
+                              groups=_exported_groups(emitting, reached))
+        check = functools.partial(verify_export, model=model, inputs=inputs, outputs=record.outputs,
+                                  input_names=names[0], distinct_calls=record.distinct,
+                                  tolerance_steps=tolerance_steps, atol=atol, other_batch=dynamic_axes == BATCH)
+        if verify:
+            check(report)
+            if fallback and used == "torchscript" and _failed_only_at_other_batch(report):
+                report = _retry_dynamo_for_batch(report, model, inputs, names, axes, notes, check)
     finally:
         for module, training in modes.items():
             module.training = training
-    report = ExportReport(path=path, opset=opset, exporter=exporter, expected_pairs=sum(record.calls.values()),
-                          quantizers=reached, not_reached=[n for n in emitting if n not in reached],
-                          skipped=[n for n in quantizers if n not in emitting], warnings=notes,
-                          groups=_exported_groups(emitting, reached))
-    if verify:
-        _verify(report, args, record, tolerance_steps, atol)
     logger.info("%s", report)
     if report.passed is False:
         hint = ("\n(only the bound failed, with a high SQNR and a cosine near 1: rounding-boundary flips, see "
@@ -425,35 +457,39 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...], path: st
     return report
 
 
-# ------------------------------------------------------------------------------------------- verification
+def _failed_only_at_other_batch(report: ExportReport) -> bool:
+    """The file matched PyTorch at the example's batch size and not at the second one (a TorchScript trace that
+    recorded the batch size as a constant, as Hugging Face attention masks do)."""
+    if len(report.batch_sizes) != 2 or not report.failures:
+        return False
+    return all(failure.startswith(f"at batch size {report.batch_sizes[1]}:") for failure in report.failures)
+
+
+def _retry_dynamo_for_batch(report: ExportReport, model: nn.Module, inputs: ExampleInputs,
+                            names: tuple[list[str], list[str]], axes: Mapping[str, Any] | None, notes: list[str],
+                            check: Callable[[ExportReport], None]) -> ExportReport:
+    """Export again with dynamo (which keeps shapes symbolic) after a TorchScript file failed at the second batch
+    size; the first report stands if dynamo cannot export."""
+    failed = (f"the TorchScript export does not hold at batch size {report.batch_sizes[1]} (its trace recorded "
+              "the example's batch size as a constant)")
+    opset = max(report.opset, DYNAMO_MIN_OPSET)
+    logger.warning("%s; retrying with the dynamo exporter at opset %d", failed, opset)
+    try:
+        import onnxscript  # noqa: F401  (the dynamo exporter needs it)
+
+        exported = _run_exporter(model, inputs, report.path, "dynamo", opset, names, axes)
+    except Exception as error:  # noqa: BLE001 - any failure: the TorchScript report, with its failures, stands
+        report.warnings.append(f"{failed}; the dynamo exporter could not retry: {_failure_line(error)}")
+        return report
+    retried = dataclasses.replace(report, opset=opset, exporter="dynamo", inputs=[], outputs=[], batch_sizes=[],
+                                  failures=[], passed=None, qdq_pairs=None, max_abs_diff=None, tolerance=None,
+                                  sqnr_db=None, cosine=None,
+                                  warnings=[*notes, f"{failed}; written by the dynamo exporter at opset {opset}",
+                                            *exported])
+    check(retried)
+    return retried
+
+
 def _only_tolerance_failed(report: ExportReport) -> bool:
     return (all("> tolerance" in failure for failure in report.failures) and report.sqnr_db is not None
             and report.sqnr_db > 30 and report.cosine > 0.999)
-
-
-def _verify(report: ExportReport, args: tuple[Any, ...], record: _ForwardRecord, tolerance_steps: float,
-            atol: float | None) -> None:
-    """Fill the verification fields of ``report`` (see export_onnx)."""
-    proto, report.opset = load_checked(report.path)
-    report.qdq_pairs, problems = count_qdq_pairs(proto.graph)
-    report.failures += problems
-    if not record.distinct <= report.qdq_pairs <= report.expected_pairs:
-        merged = "" if record.distinct == report.expected_pairs else f" ({record.distinct} distinct)"
-        report.failures.append(f"expected {report.expected_pairs} Q/DQ pairs{merged} (one per quantizer call), "
-                               f"found {report.qdq_pairs}")
-    elif report.qdq_pairs < report.expected_pairs:
-        report.warnings.append(f"the exporter merged {report.expected_pairs - report.qdq_pairs} Q/DQ pair(s) that "
-                               "quantize the same tensor with the same scale")
-    inputs = [leaf.detach().cpu().numpy() for leaf in _flatten(args) if isinstance(leaf, torch.Tensor)]
-    try:
-        outputs = run_onnxruntime(report.path, inputs)
-    except ValueError as error:
-        report.failures.append(str(error))
-    else:
-        reference = [t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
-                     for t in record.outputs]
-        comparison = compare_outputs(reference, outputs, tolerance_steps, atol)
-        report.max_abs_diff, report.tolerance = comparison.max_abs_diff, comparison.tolerance
-        report.sqnr_db, report.cosine = comparison.sqnr_db, comparison.cosine
-        report.failures += comparison.failures
-    report.passed = not report.failures

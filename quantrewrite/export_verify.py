@@ -10,15 +10,20 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
+from quantrewrite.export_io import ExampleInputs, tensor_leaves, with_other_batch
+from quantrewrite.export_report import ExportReport, TensorSpec
 from quantrewrite.tensor_quant import AMAX_EPSILON
 
-__all__ = ["OutputComparison", "compare_outputs", "count_qdq_pairs", "load_checked", "run_onnxruntime"]
+__all__ = ["OutputComparison", "compare_outputs", "count_qdq_pairs", "graph_io", "load_checked", "run_onnxruntime",
+           "verify_export"]
 
 _INT8_TYPES = (np.int8, np.uint8)
 
@@ -93,22 +98,52 @@ def count_qdq_pairs(graph: Any) -> tuple[int, list[str]]:
     return pairs, problems
 
 
-def run_onnxruntime(path: str, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+def run_onnxruntime(path: str, inputs: Sequence[np.ndarray] | Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Run the file once on onnxruntime's CPU provider with graph optimizations off (so the file's own
-    semantics are what runs, not fused int8 kernels); inputs are matched to the graph inputs in order.
+    semantics are what runs, not fused int8 kernels).
+
+    Args:
+        path: the ONNX file.
+        inputs: arrays matched to the graph inputs by name (a dict; names the graph does not take, inputs an
+            exporter dropped as unused, are left out), or in order (a sequence).
 
     Raises:
-        ValueError: the graph does not have one input per array.
+        ValueError: an input of the graph gets no array.
     """
     _, onnxruntime = _import_onnx()
     options = onnxruntime.SessionOptions()
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
     names = [item.name for item in session.get_inputs()]
+    if isinstance(inputs, Mapping):
+        missing = [name for name in names if name not in inputs]
+        if missing:
+            raise ValueError(f"cannot feed the example input to onnxruntime: the file's inputs {missing} are not "
+                             f"among the example's {list(inputs)}")
+        return session.run(None, {name: inputs[name] for name in names})
     if len(names) != len(inputs):
         raise ValueError(f"cannot feed the example input to onnxruntime: the file has {len(names)} inputs "
                          f"{names}, the example {len(inputs)} tensors")
     return session.run(None, dict(zip(names, inputs)))
+
+
+def _dims(value_info: Any) -> tuple[int | str, ...]:
+    dims = value_info.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims)
+
+
+def graph_io(graph: Any) -> tuple[list[TensorSpec], list[TensorSpec]]:
+    """The graph's inputs (initializers excluded) and outputs: name, element type, shape."""
+    onnx, _ = _import_onnx()
+    initializers = {init.name for init in graph.initializer}
+
+    def spec(value_info: Any) -> TensorSpec:
+        elem = value_info.type.tensor_type.elem_type
+        dtype = str(onnx.helper.tensor_dtype_to_np_dtype(elem)) if elem else "?"
+        return TensorSpec(value_info.name, dtype, _dims(value_info))
+
+    inputs = [spec(v) for v in graph.input if v.name not in initializers]
+    return inputs, [spec(v) for v in graph.output]
 
 
 @dataclass
@@ -169,3 +204,91 @@ def compare_outputs(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarra
     else:
         cosine = dot / math.sqrt(signal * energy_out) if signal * energy_out > 0 else 0.0
     return OutputComparison(worst[1], worst[2], sqnr, cosine, failures)
+
+
+# ------------------------------------------------------------------------------------ the whole verification
+def _arrays(tensors: Sequence[torch.Tensor]) -> list[np.ndarray]:
+    return [t.detach().cpu().numpy() for t in tensors]
+
+
+def _feed(inputs: ExampleInputs, names: Sequence[str]) -> dict[str, np.ndarray]:
+    return dict(zip(names, _arrays(inputs.tensors)))
+
+
+def _output_tensors(outputs: Any) -> list[torch.Tensor]:
+    return [tensor for _, tensor in tensor_leaves(outputs, "")]
+
+
+def _batch_size(inputs: ExampleInputs) -> int | None:
+    sizes = [t.shape[0] for t in inputs.tensors if t.dim() >= 1]
+    return sizes[0] if sizes else None
+
+
+def _compare_on(report: ExportReport, reference: list[np.ndarray], feed: Mapping[str, np.ndarray],
+                tolerance_steps: float, atol: float | None, label: str) -> OutputComparison | None:
+    try:
+        outputs = run_onnxruntime(report.path, feed)
+    except ValueError as error:
+        report.failures.append(f"{label}{error}")
+        return None
+    except Exception as error:  # noqa: BLE001 - onnxruntime's own errors (a shape the file cannot take)
+        report.failures.append(f"{label}onnxruntime failed: {type(error).__name__}: {str(error).strip()[:300]}")
+        return None
+    comparison = compare_outputs(reference, outputs, tolerance_steps, atol)
+    report.failures += [f"{label}{failure}" for failure in comparison.failures]
+    return comparison
+
+
+def _closeness(comparison: OutputComparison) -> float:
+    if comparison.max_abs_diff <= comparison.tolerance:
+        return comparison.max_abs_diff / comparison.tolerance if comparison.tolerance > 0 else 0.0
+    return comparison.max_abs_diff / comparison.tolerance if comparison.tolerance > 0 else math.inf
+
+
+def verify_export(report: ExportReport, model: nn.Module, inputs: ExampleInputs, outputs: Any,
+                  input_names: Sequence[str], distinct_calls: int, *, tolerance_steps: float = 4.0,
+                  atol: float | None = None, other_batch: bool = False) -> None:
+    """Check the file ``report`` describes and fill the report's verification fields (see ``export_onnx``).
+
+    Args:
+        report: the report of the export; its inputs, outputs, qdq_pairs, comparison fields, batch_sizes,
+            failures and passed are filled.
+        model: the PyTorch model, in eval mode (run again at a second batch size when ``other_batch``).
+        inputs: the example.
+        outputs: what the model returned on it.
+        input_names: the graph input names given to the exporter, one per example tensor.
+        distinct_calls: quantizer calls that differ in input or grid (the least number of pairs expected).
+        tolerance_steps, atol: the bound (see ``compare_outputs``).
+        other_batch: the batch dimension is dynamic: also compare at twice the example's batch size.
+    """
+    proto, report.opset = load_checked(report.path)
+    report.inputs, report.outputs = graph_io(proto.graph)
+    report.qdq_pairs, problems = count_qdq_pairs(proto.graph)
+    report.failures += problems
+    if not distinct_calls <= report.qdq_pairs <= report.expected_pairs:
+        merged = "" if distinct_calls == report.expected_pairs else f" ({distinct_calls} distinct)"
+        report.failures.append(f"expected {report.expected_pairs} Q/DQ pairs{merged} (one per quantizer call), "
+                               f"found {report.qdq_pairs}")
+    elif report.qdq_pairs < report.expected_pairs:
+        report.warnings.append(f"the exporter merged {report.expected_pairs - report.qdq_pairs} Q/DQ pair(s) that "
+                               "quantize the same tensor with the same scale")
+    runs = [(inputs, _output_tensors(outputs))]
+    if other_batch:
+        bigger = with_other_batch(inputs)
+        with torch.no_grad():
+            runs.append((bigger, _output_tensors(bigger.call(model))))
+    comparisons = []
+    for example, reference in runs:
+        batch = _batch_size(example)
+        label = f"at batch size {batch}: " if other_batch else ""
+        if batch is not None:
+            report.batch_sizes.append(batch)
+        comparison = _compare_on(report, _arrays(reference), _feed(example, input_names), tolerance_steps, atol,
+                                 label)
+        if comparison is not None:
+            comparisons.append(comparison)
+    if comparisons:  # the run closest to (or furthest past) its bound
+        worst = max(comparisons, key=_closeness)
+        report.max_abs_diff, report.tolerance = worst.max_abs_diff, worst.tolerance
+        report.sqnr_db, report.cosine = worst.sqnr_db, worst.cosine
+    report.passed = not report.failures

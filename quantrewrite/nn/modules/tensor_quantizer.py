@@ -499,10 +499,12 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
         key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, id(self._descriptor),
                None if amax is None else (id(amax), amax._version), torch.is_inference_mode_enabled())
         cache = self._weight_cache
-        if cache is not None and cache[0] is weight and cache[1] == key and not _in_onnx_export():
+        exporting = _in_onnx_export()
+        if cache is not None and cache[0] is weight and cache[1] == key and not exporting:
             return cache[2]
         outputs = self._quant_forward(weight)
-        self._weight_cache = (weight, key, outputs)
+        if not exporting:  # an exporter's output (traced, fake, or of other arithmetic) is no cache entry
+            self._weight_cache = (weight, key, outputs)
         return outputs
 
     # ----------------------------------------------------------------------------------------- printing
