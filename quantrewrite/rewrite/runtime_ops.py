@@ -92,14 +92,16 @@ def _set(args: list[Any], kwargs: dict[str, Any], location: tuple[str, Any], ind
 
 # ------------------------------------------------------------------------------------------- the mode
 class _Frame:
-    """One running forward on the owner stack: an owner (``handler`` set) or a suspended module."""
+    """One running forward on the owner stack: an owner (``handler`` set) or a suspended module. ``entered``:
+    this frame pushed the mode; ``left``: this frame popped it (pushed back when the frame ends)."""
 
-    __slots__ = ("counts", "handler", "module")
+    __slots__ = ("counts", "entered", "handler", "left", "module")
 
     def __init__(self, module: nn.Module, handler: Any):
         self.module = module
         self.handler = handler
         self.counts: dict[str, int] = {}
+        self.entered = self.left = False
 
     def next_call(self, op: str) -> int:
         count = self.counts.get(op, 0)
@@ -131,22 +133,41 @@ class OpInterceptor(TorchFunctionMode):
             stack = self._local.stack = []
         return stack
 
+    def _on_top(self) -> bool:
+        depth = torch._C._len_torch_function_stack()
+        return depth > 0 and torch._C._get_function_stack_at(depth - 1) is self
+
     def push(self, module: nn.Module, handler: Any) -> None:
-        """Enter ``module``'s forward: as an owner (``handler`` set) or suspended (None, only inside a scope)."""
+        """Enter ``module``'s forward: as an owner (``handler`` set) or suspended (None, only inside a scope).
+
+        The mode is active exactly while an owner frame is the innermost: a suspended module (a QuantLinear,
+        a traced child) takes it off the torch function mode stack while it runs (when it is on top, i.e. the
+        forward pushed no mode of its own), so its ops pay nothing for the interception.
+        """
         stack = self._stack()
         if handler is None and not stack:
             return  # a module called outside any untraced scope: nothing to suspend
-        if not stack:
+        frame = _Frame(module, handler)
+        active = getattr(self._local, "active", False)
+        if handler is not None and not active:
             self.__enter__()
-        stack.append(_Frame(module, handler))
+            frame.entered, self._local.active = True, True
+        elif handler is None and active and self._on_top():
+            self.__exit__(None, None, None)
+            frame.left, self._local.active = True, False
+        stack.append(frame)
 
     def pop(self, module: nn.Module) -> None:
         stack = self._stack()
         if not stack or stack[-1].module is not module:
             return
-        stack.pop()
-        if not stack:
+        frame = stack.pop()
+        if frame.entered:
             self.__exit__(None, None, None)
+            self._local.active = False
+        elif frame.left:
+            self.__enter__()
+            self._local.active = True
 
     def unseen(self, owner: str, op: str, call: int) -> None:
         key = (owner, op, call)
