@@ -16,27 +16,29 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 
-from quantrewrite import calib
+from quantrewrite import calib, range_search
 from quantrewrite.calib import distributed, groups
 from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 
-__all__ = ["CALIB_METHODS", "DEFAULT_METHOD", "HISTOGRAM_METHODS", "CalibrationResult", "calibrate", "calibration",
-           "load_calib_amax"]
+__all__ = ["AUTO_SCORE_BATCHES", "CALIB_METHODS", "DEFAULT_METHOD", "HISTOGRAM_METHODS", "CalibrationResult",
+           "calibrate", "calibration", "load_calib_amax"]
 
 logger = logging.getLogger(__name__)
 
 # The methods ``calibrate`` accepts (CALIB_METHODS, in quantrewrite/methods.py: the one list every other place,
 # the CLI's --method and the docs, derives from). Max calibrators always give the max; the method decides how
-# histogram calibrators pick amax.
+# histogram calibrators pick amax. "auto" (the default) tries max, percentiles, mse and entropy per quantizer
+# and keeps the one that least disturbs the consuming layer (quantrewrite/range_search.py).
 HISTOGRAM_METHODS = CALIB_METHODS  # the former name, kept for existing imports
+AUTO_SCORE_BATCHES = 32  # method "auto" scores its candidates on the first (at most) 32 calibration batches
 
 
 @dataclass
@@ -48,6 +50,7 @@ class CalibrationResult:
         no_data: names of enabled quantizers whose calibrator saw no batch (their amax is unchanged).
         skipped: names of quantizers left alone (disabled, or without a calibrator).
         method: the method used for histogram calibrators.
+        choices: with method "auto", the candidate each histogram quantizer kept (e.g. "percentile 99.99").
         batches: the number of batches run.
         seconds: wall time of the whole call.
     """
@@ -56,6 +59,7 @@ class CalibrationResult:
     no_data: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     method: str = DEFAULT_METHOD
+    choices: dict[str, str] = field(default_factory=dict)
     batches: int = 0
     seconds: float = 0.0
 
@@ -102,6 +106,7 @@ def _check_method(method: str) -> None:
 
 
 def load_calib_amax(model: nn.Module, method: str = DEFAULT_METHOD, *, percentile: float = 99.99,
+                    data: Sequence[Any] | None = None, forward: Callable[[nn.Module, Any], Any] | None = None,
                     **kwargs: Any) -> CalibrationResult:
     """Set every enabled quantizer's amax from its calibrator.
 
@@ -110,15 +115,24 @@ def load_calib_amax(model: nn.Module, method: str = DEFAULT_METHOD, *, percentil
     ends with the same amax; then the members of each shared-range group get the group's merged statistics,
     so they end with one amax (see ``quantrewrite.calib.groups``). Quantizers whose calibrator saw no data
     keep their amax and are named in one warning.
+
+    Method "auto" scores its candidates on ``data`` (a few batches, fed with ``forward`` as in
+    ``calibrate``); without ``data`` it keeps each quantizer's candidate with the least quantization error
+    on the histogram itself.
     """
     _check_method(method)
     quantizers, skipped = _calibratable(model)
     distributed.synchronize(list(quantizers.values()))
     groups.merge_group_statistics(quantizers)  # after the ranks agree: each rank merges the same statistics
     result = CalibrationResult(skipped=skipped, method=method)
+    searched: dict[str, TensorQuantizer] = {}
     for name, quantizer in quantizers.items():
         if quantizer.calibrator.num_batches == 0:
             result.no_data.append(name)
+            continue
+        if method == "auto" and isinstance(quantizer.calibrator, calib.HistogramCalibrator):
+            searched[name] = quantizer  # after every max calibrator has its amax
+            result.calibrated.append(name)
             continue
         if isinstance(quantizer.calibrator, calib.HistogramCalibrator):
             options = dict(kwargs)
@@ -128,6 +142,10 @@ def load_calib_amax(model: nn.Module, method: str = DEFAULT_METHOD, *, percentil
         else:
             amax = quantizer.load_calib_amax(strict=False)
         (result.calibrated if amax is not None else result.no_data).append(name)
+    if searched and data is not None:
+        result.choices = range_search.search_ranges(model, searched, data, forward or _feed)
+    elif searched:
+        result.choices = range_search.histogram_only(searched)
     if result.no_data:
         warnings.warn(f"{len(result.no_data)} quantizer(s) saw no calibration data and keep their amax "
                       f"(dynamic if never set): {', '.join(result.no_data)}", UserWarning, stacklevel=2)
@@ -166,8 +184,9 @@ def calibrate(model: nn.Module, data: Iterable[Any], *, forward: Callable[[nn.Mo
         model: a quantized model (from ``quantize_model``).
         data: an iterable of batches: tensors, tuples (positional arguments) or dicts (keyword arguments).
         forward: ``forward(model, batch)`` to feed other batch types.
-        method: how histogram calibrators pick amax, one of ``CALIB_METHODS`` ("max", "entropy",
-            "percentile", "mse"); default ``DEFAULT_METHOD``.
+        method: how histogram calibrators pick amax, one of ``CALIB_METHODS`` ("auto", "max", "entropy",
+            "percentile", "mse"); default ``DEFAULT_METHOD``. "auto" runs the first ``AUTO_SCORE_BATCHES``
+            batches once more to score its candidates (see ``quantrewrite.range_search``).
         percentile: the percentile for method="percentile".
         num_batches: stop after this many batches.
         progress: show a progress bar (only on a terminal).
@@ -184,6 +203,7 @@ def calibrate(model: nn.Module, data: Iterable[Any], *, forward: Callable[[nn.Mo
     was_training = model.training
     model.eval()
     batches = 0
+    kept: list[Any] = []  # the first batches, which method "auto" scores its candidates on
     try:
         with calibration(model), torch.no_grad():
             for batch in _progress(data, total, progress):
@@ -191,9 +211,11 @@ def calibrate(model: nn.Module, data: Iterable[Any], *, forward: Callable[[nn.Mo
                     break
                 feed(model, batch)
                 batches += 1
+                if method == "auto" and len(kept) < AUTO_SCORE_BATCHES:
+                    kept.append(batch)
         if batches == 0:
             raise ValueError("calibrate: data yielded no batch")
-        result = load_calib_amax(model, method, percentile=percentile)
+        result = load_calib_amax(model, method, percentile=percentile, data=kept or None, forward=feed)
     finally:
         model.train(was_training)
     result.batches = batches

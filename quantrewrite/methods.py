@@ -5,5 +5,5 @@ from __future__ import annotations
 
 __all__ = ["CALIB_METHODS", "DEFAULT_METHOD"]
 
-CALIB_METHODS = ("max", "entropy", "percentile", "mse")
-DEFAULT_METHOD = "entropy"
+CALIB_METHODS = ("auto", "max", "entropy", "percentile", "mse")
+DEFAULT_METHOD = "auto"

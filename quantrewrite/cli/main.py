@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "'digits' (the shipped 8x8 digits, for quantrewrite.demo_model:DigitsCNN); or "
                    "'random:SHAPE', e.g. random:8x3x32x32 (seeded normal batches of that shape)")
     q.add_argument("--method", choices=CALIB_METHODS, default=DEFAULT_METHOD,
-                   help="how histogram calibrators pick amax (default: entropy); max calibrators take the max")
+                   help=f"how histogram calibrators pick amax (default: {DEFAULT_METHOD}); max calibrators take "
+                   "the max")
     q.add_argument("--percentile", type=_percentile, default=99.99, metavar="P",
                    help="the percentile for --method percentile (default: 99.99)")
     q.add_argument("--batch-size", type=_positive_int, default=None, metavar="N",
