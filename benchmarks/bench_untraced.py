@@ -24,12 +24,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from quantrewrite import calibrate, disable_quantizers, list_quantizers, quantize_model
+from quantrewrite import calibrate, disable_quantizers, quantize_model
 from quantrewrite.export import export_onnx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "rewrite"))
-from test_hf_runtime import Positional, build  # noqa: E402  (the tests' small configs, one definition)
-from test_runtime_ops import Router  # noqa: E402
+from test_hf_runtime import Positional, build
+from test_runtime_ops import Router
 
 
 def _sqnr(reference: torch.Tensor, approx: torch.Tensor) -> float:
