@@ -38,6 +38,7 @@ __all__ = [
     "fused_kernels_available",
     "quant_into",
     "reciprocal_scale",
+    "same_contents",
     "ste_grad_into",
 ]
 
@@ -130,3 +131,30 @@ def ste_grad_into(x: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, view: 
         compiled().ste_flat(x.data_ptr(), grad.data_ptr(), out.data_ptr(), outer * inner, amax[0])
     else:
         compiled().ste_rows(x.data_ptr(), grad.data_ptr(), out.data_ptr(), outer * channels, inner, channels, amax)
+
+
+_WORDS_PER_BLOCK = 2048  # int64 words per parallel row of the comparison
+
+
+def same_contents(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b hold the same bytes (same dtype, shape and device): a NaN equals the same NaN, -0.0
+    differs from 0.0. Used to validate caches: an in-place write through ``.data`` bumps no version counter.
+
+    Contiguous CPU tensors are compared by one fused pass over their bytes once the kernels are loaded;
+    anything else with ``torch.equal`` (there -0.0 equals 0.0 and a NaN never equals itself, which only costs
+    a cache miss).
+    """
+    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
+        return False
+    if not (a.is_cpu and a.is_contiguous() and b.is_contiguous() and fused_kernels_available()):
+        return torch.equal(a, b)
+    a_addr, b_addr = a.data_ptr(), b.data_ptr()
+    if a_addr == b_addr:
+        return True
+    kernels = compiled()
+    nbytes = a.numel() * a.element_size()
+    blocks = nbytes // 8 // _WORDS_PER_BLOCK
+    if blocks and kernels.differing_words(a_addr, b_addr, blocks, _WORDS_PER_BLOCK):
+        return False
+    done = 8 * blocks * _WORDS_PER_BLOCK
+    return bool(kernels.same_tail(a_addr + done, b_addr + done, nbytes - done))

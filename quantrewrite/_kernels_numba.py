@@ -126,3 +126,33 @@ def ste_rows(x_addr, grad_addr, out_addr, rows, width, channels, amax):  # pragm
         for i in range(width):
             out[row, i] = grad[row, i] if abs(x[row, i]) <= a else 0.0
     return out[rows - 1, width - 1]
+
+
+_i64_ptr = _pointer_intrinsic(types.int64)
+_u8_ptr = _pointer_intrinsic(types.uint8)
+
+
+@njit(parallel=True, cache=True, nogil=True)
+def differing_words(a_addr, b_addr, blocks, width):  # pragma: no cover - compiled
+    """How many of the ``blocks`` rows of ``width`` int64 words differ between a and b (parallel, one read of
+    each; the xor-or per row vectorizes)."""
+    a = carray(_i64_ptr(a_addr), (blocks, width))
+    b = carray(_i64_ptr(b_addr), (blocks, width))
+    differing = 0
+    for row in prange(blocks):
+        bits = 0
+        for i in range(width):
+            bits |= a[row, i] ^ b[row, i]
+        differing += bits != 0
+    return differing
+
+
+@njit(cache=True, nogil=True)
+def same_tail(a_addr, b_addr, n):  # pragma: no cover - compiled
+    """Whether n bytes at a and b are equal."""
+    a = carray(_u8_ptr(a_addr), (n,))
+    b = carray(_u8_ptr(b_addr), (n,))
+    for i in range(n):
+        if a[i] != b[i]:
+            return False
+    return True

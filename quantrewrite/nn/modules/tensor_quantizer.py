@@ -4,7 +4,9 @@ Forward order: disabled? return the input itself -> calibrating? feed the calibr
 off, return the input itself) -> clip stage (learn_amax) -> quantize (when quantization is on) -> return.
 
 A static amax is validated and turned into a scale once (a ``QuantGrid`` cached until the ``_amax`` buffer
-changes: in-place writes, ``load_state_dict``, ``.to()``), so each forward is one fused pass over the tensor.
+changes: in-place writes, writes through ``.data``, ``load_state_dict``, ``.to()``), so each forward is one fused
+pass over the tensor. Caches are validated by content, not by version counters: a write through ``.data``
+bumps no counter.
 
 Example:
     >>> quantizer = TensorQuantizer(QuantDescriptor(num_bits=8, amax=2.0))
@@ -22,6 +24,7 @@ import torch
 from torch import nn
 
 from quantrewrite import _kernel_loader
+from quantrewrite._kernels import same_contents
 from quantrewrite.descriptor import QuantDescriptor
 from quantrewrite.nn.modules.clip import Clip
 from quantrewrite.nn.modules.tensor_quantizer_compat import (
@@ -150,8 +153,10 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
         self._if_clip = if_clip
         self._if_calib = if_calib
         self._scale: torch.Tensor | None = None
-        self._grid_cache: tuple[torch.Tensor, int, int, QuantGrid] | None = None
-        self._weight_cache: tuple[nn.Parameter, tuple, torch.Tensor] | None = None
+        # (amax buffer, copy of its contents, device key, grid) and
+        # (weight, copy of its contents, key, grid used, quantized weight): see _static_grid, _cached_weight_forward
+        self._grid_cache: tuple[torch.Tensor, torch.Tensor, int, QuantGrid] | None = None
+        self._weight_cache: tuple[nn.Parameter, torch.Tensor, tuple, QuantGrid | None, torch.Tensor] | None = None
         if quant_desc.amax is not None:
             self.register_buffer("_amax", torch.tensor(quant_desc.amax, dtype=torch.float32))
         if quant_desc.learn_amax:
@@ -416,13 +421,17 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
 
     # ------------------------------------------------------------------------------------------ forward
     def _static_grid(self, amax: torch.Tensor, inputs: torch.Tensor) -> QuantGrid:
-        """The grid of the ``_amax`` buffer, rebuilt only when the buffer object, its version (in-place writes,
-        load_state_dict) or the input's device changes: the hot path does no validation, division or sync."""
+        """The grid of the ``_amax`` buffer, rebuilt only when the buffer object, its contents or the input's
+        device changes: the hot path does no validation, division or sync.
+
+        The contents are compared with a copy taken when the grid was built (amax is small): version counters
+        miss writes through ``amax.data``.
+        """
         device_key = -1 if inputs.is_cpu else inputs.get_device()
         cache = self._grid_cache
-        if cache is None or cache[0] is not amax or cache[1] != amax._version or cache[2] != device_key:
+        if cache is None or cache[0] is not amax or cache[2] != device_key or not same_contents(amax, cache[1]):
             grid = self._make_grid(amax.to(inputs.device), inputs.device)
-            cache = self._grid_cache = (amax, amax._version, device_key, grid)
+            cache = self._grid_cache = (amax, amax.detach().clone(), device_key, grid)
         return cache[3]
 
     def _make_grid(self, amax: torch.Tensor, device: torch.device) -> QuantGrid:
@@ -490,21 +499,24 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
     def _cached_weight_forward(self, weight: nn.Parameter) -> torch.Tensor:
         """Eval-mode inference reuses the quantized weight while nothing it depends on changed.
 
-        The key holds the weight's identity, version (bumped by every in-place write, optimizer steps and
-        load_state_dict included), storage, dtype and device, the descriptor, and the amax buffer's identity
-        and version; every method that replaces the descriptor or the amax drops the cache too. Training mode
-        and grad-enabled forwards always recompute (they need the autograd graph).
+        Valid while the weight is the same Parameter with the same bytes (compared with a copy taken when the
+        result was computed: one read pass, cheaper than quantizing and allocating again, and exact whatever
+        wrote to the weight, ``weight.data`` included), the static grid is the same (``_static_grid`` checks the
+        amax contents), and dtype, device, descriptor and inference mode are unchanged. The price is one extra
+        copy of each quantized weight in memory. Training mode and grad-enabled forwards always recompute (they
+        need the autograd graph).
         """
+        if _in_onnx_export():  # an exporter's output (traced, fake, or of other arithmetic) is no cache entry
+            return self._quant_forward(weight)
         amax = self._buffers.get("_amax")
-        key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, id(self._descriptor),
-               None if amax is None else (id(amax), amax._version), torch.is_inference_mode_enabled())
+        grid = None if amax is None else self._static_grid(amax, weight)
+        key = (weight.dtype, weight.device, id(self._descriptor), torch.is_inference_mode_enabled())
         cache = self._weight_cache
-        exporting = _in_onnx_export()
-        if cache is not None and cache[0] is weight and cache[1] == key and not exporting:
-            return cache[2]
+        if (cache is not None and cache[0] is weight and cache[2] == key and cache[3] is grid
+                and same_contents(weight.detach(), cache[1])):
+            return cache[4]
         outputs = self._quant_forward(weight)
-        if not exporting:  # an exporter's output (traced, fake, or of other arithmetic) is no cache entry
-            self._weight_cache = (weight, key, outputs)
+        self._weight_cache = (weight, weight.detach().clone(), key, grid, outputs)
         return outputs
 
     # ----------------------------------------------------------------------------------------- printing
