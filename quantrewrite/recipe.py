@@ -12,7 +12,8 @@ Example:
 from __future__ import annotations
 
 import os
-import tempfile
+import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +49,8 @@ def _amax_data(amax: torch.Tensor | None) -> dict[str, Any] | None:
 def save_recipe(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     """Write the recipe of a model returned by ``quantize_model`` (and usually calibrated) to ``path``.
 
-    The file is written atomically (a temporary file renamed into place).
+    The file is written atomically (a temporary file renamed into place), with the permissions an ordinary
+    write would give it: those of the file it replaces, else 0666 less the umask.
     """
     plan = getattr(model, "quant_plan", None)
     if plan is None:
@@ -73,10 +75,27 @@ def save_recipe(model: nn.Module, path: str | os.PathLike[str]) -> Path:
     }
     path = Path(path)
     text = yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=120)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent or ".", suffix=".tmp", delete=False) as tmp:
-        tmp.write(text)
-    os.replace(tmp.name, path)
+    _write_atomically(path, text)
     return path
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file next to ``path``, then rename it into place.
+
+    The temporary file is created with mode 0666, so the kernel applies the umask as for any new file
+    (``tempfile`` would force 0600); a replaced file keeps its mode.
+    """
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        if path.exists():
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _read(path: str | os.PathLike[str]) -> dict[str, Any]:

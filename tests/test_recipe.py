@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import pytest
 import torch
 import yaml
@@ -121,3 +124,27 @@ def test_state_dict_of_calibrated_model_loads_into_fresh_quantized_model(calibra
     x = torch.randn(2, 3, 16, 16)
     qr.disable_quantizers(fresh, "fc._input_quantizer")
     assert torch.equal(fresh(x), qmodel(x))
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_save_recipe_honours_the_umask(calibrated, tmp_path, umask):
+    _, qmodel = calibrated
+    previous = os.umask(umask)
+    try:
+        path = save_recipe(qmodel, tmp_path / "recipe.yaml")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir()] == ["recipe.yaml"]  # no temporary file left behind
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
+def test_save_recipe_keeps_the_mode_of_the_file_it_replaces(calibrated, tmp_path):
+    _, qmodel = calibrated
+    path = tmp_path / "recipe.yaml"
+    path.write_text("old")
+    path.chmod(0o640)
+    save_recipe(qmodel, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert "quantizers" in yaml.safe_load(path.read_text())
