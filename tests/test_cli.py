@@ -248,3 +248,30 @@ def test_python_dash_m_help():
     assert result.returncode == 0, result.stderr
     for command in ("plan", "quantize", "validate", "demo"):
         assert command in result.stdout
+
+
+AXIS_CONFIG = "version: 1\nlayers:\n  - match: conv1\n    weight: {axis: 7}\n  - match: fc\n    weight: {axis: 2}\n"
+
+
+def test_validate_with_a_model_checks_weight_axes_and_locates_them(files, capsys):
+    (files / "axis.yaml").write_text(AXIS_CONFIG)
+    code, out, err = run(capsys, "validate", files / "axis.yaml", "--model", f"{files}/factory.py:build")
+    assert code == 1 and out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 3, err
+    assert "layers[0].weight.axis: expected an axis of the 4-D weight (-4..3), got 7, for conv1" in lines[0]
+    assert lines[0].endswith("axis.yaml:4)")
+    assert "layers[1].weight.axis" in lines[1] and "2-D weight" in lines[1] and lines[1].endswith("axis.yaml:6)")
+    assert lines[2].endswith("axis.yaml: 2 problems")
+    code, _, err = run(capsys, "quantize", f"{files}/factory.py:build", "-c", files / "axis.yaml", "--calib",
+                       "random:2x3x8x8", "--recipe", files / "r.yaml")
+    assert code == 1 and "layers[0].weight.axis" in err and "calibrat" not in err
+    assert not (files / "r.yaml").exists()
+
+
+def test_validate_refuses_zero_bits(files, capsys):
+    (files / "zero.yaml").write_text("version: 1\ndefaults:\n  weight: {num_bits: 0}\n")
+    code, _, err = run(capsys, "validate", files / "zero.yaml")
+    assert code == 1
+    assert_one_error_line(err, "defaults.weight.num_bits: expected an int >= 2")
+    assert "zero.yaml:3" in err

@@ -100,21 +100,34 @@ def _describe(config: QuantConfig) -> str:
             f"weight: {_fields(defaults.get('weight', {}))}; entries: {', '.join(sections)}")
 
 
+def _located(config_name: str, error: QuantConfigError) -> CLIError:
+    """Print each located error of a multi-error QuantConfigError on its own line; the CLIError to raise."""
+    located = [f"{config_name}: {path}: {message}" if path else f"{config_name}: {message}"
+               for path, message in error.errors]
+    if len(located) == 1:
+        return CLIError(located[0])
+    for line in located:
+        print(line, file=sys.stderr)
+    return CLIError(f"{config_name}: {len(located)} problems")
+
+
 def run_validate(args: argparse.Namespace) -> int:
-    """``quantrewrite validate CONFIG [--model MODEL] [--strict]``: every located error, or an OK summary."""
+    """``quantrewrite validate CONFIG [--model MODEL] [--strict]``: every located error, or an OK summary.
+
+    With --model, the config is also checked against the model's layers (weight axes and amax shapes, and
+    whether every layers/disable pattern matches), exactly as quantize would before it changes anything.
+    """
     try:
         config = load_config(args.config)
     except QuantConfigError as error:
-        located = [f"{args.config}: {path}: {message}" if path else f"{args.config}: {message}"
-                   for path, message in error.errors]
-        if len(located) == 1:
-            raise CLIError(located[0]) from error
-        for line in located:
-            print(line, file=sys.stderr)
-        raise CLIError(f"{args.config}: {len(located)} problems") from error
+        raise _located(args.config, error) from error
     warnings = []
     if args.model is not None:
-        warnings = plan(load_model(args.model), config, strict=args.strict).warnings
+        model = load_model(args.model)
+        try:
+            warnings = plan(model, config, strict=args.strict).warnings
+        except QuantConfigError as error:
+            raise _located(args.config, error) from error
     _out(_describe(config))
     if args.model is not None:
         _out(f"every layers/disable pattern matches in {args.model}" if not warnings else

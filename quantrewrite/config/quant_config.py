@@ -293,6 +293,25 @@ class QuantConfig:
                    f"from {', '.join(['the class default', *(s.path for s in steps)])}")
         raise QuantConfigError([(path, message + self._checker.locate(path))])
 
+    def origin(self, rules: Iterable[str], role: str, field: str) -> tuple[str, str] | None:
+        """Where a resolved descriptor field came from: the YAML path of the last of ``rules`` (a
+        ``Resolution.rules``) that sets ``role.field``, and its " (file:LINE)" location ("" for plain data);
+        None when no rule sets it (the class default).
+
+        Example:
+            >>> cfg = QuantConfig({"version": 1, "layers": [{"match": "fc", "weight": {"axis": 1}}]})
+            >>> cfg.origin(("layers[0]",), "weight", "axis")
+            ('layers[0].weight.axis', '')
+        """
+        by_path = {rule.path: rule for rule in (self._defaults, *self._modules.values(),
+                                                *self._functions.values(), *self._layers)}
+        for path in reversed(tuple(rules)):
+            rule = by_path.get(path)
+            if rule is not None and field in getattr(rule, role):
+                where = join_path(join_path(path, role), field)
+                return where, self._checker.locate(where)
+        return None
+
     def disabled_by(self, quantizer_name: str) -> str | None:
         """The first ``disable`` entry matching a quantizer name, e.g. "disable[0] '*.downsample.*'", or None.
 

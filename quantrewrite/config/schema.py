@@ -23,10 +23,13 @@ from quantrewrite.descriptor import (
 )
 from quantrewrite.patterns import PatternError, compile_pattern
 
-__all__ = ["MISSING", "ROLES", "VERSION", "Checker", "QuantConfigError", "Rule", "join_path", "parse", "show",
-           "yaml_lines"]
+__all__ = ["MIN_CONFIG_BITS", "MISSING", "ROLES", "VERSION", "Checker", "QuantConfigError", "Rule", "join_path",
+           "parse", "show", "yaml_lines"]
 
 VERSION = 1
+# QuantDescriptor accepts 0 bits (pytorch-quantization does); a config never means it: a signed 0- or 1-bit
+# grid has max_bound 0 and zeroes the tensor.
+MIN_CONFIG_BITS = 2
 ROLES = ("input", "weight")
 _TOP_KEYS = ("version", "defaults", "modules", "functions", "layers", "disable", "share", "placement")
 _ENTRY_KEYS = ("quantize", "input", "weight")
@@ -123,6 +126,11 @@ class Checker:
                 ok = False
                 self.error(join_path(path, key), f"unknown descriptor field{did_you_mean(key, FIELD_NAMES)}; "
                                                  f"expected one of: {', '.join(FIELD_NAMES)}")
+                continue
+            if key == "num_bits" and type(raw) is int and raw < MIN_CONFIG_BITS:
+                ok = False
+                self.error(join_path(path, key), f"expected an int >= {MIN_CONFIG_BITS} or (4, 3) for FP8 E4M3 "
+                           "(a 0-bit grid, or a signed 1-bit one, rounds every value to 0)", raw)
                 continue
             try:
                 out[key] = validate_field(key, raw)

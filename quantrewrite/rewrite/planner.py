@@ -29,6 +29,7 @@ from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 from quantrewrite.placement.rules import is_candidate
 from quantrewrite.plan import QUANTIZE, SKIP, Plan, PlanEntry
+from quantrewrite.rewrite.model_checks import check_weights
 from quantrewrite.rewrite.probe import ProbeResult
 from quantrewrite.rewrite.runtime_plan import RuntimePlan, plan_runtime_ops, scope_note
 from quantrewrite.rewrite.tracer import TraceResult
@@ -53,6 +54,7 @@ class ModuleAction:
     quant_cls: type
     input: QuantDescriptor | None
     weight: QuantDescriptor | None
+    rules: tuple[str, ...] = ()  # the config paths that contributed (Resolution.rules)
 
 
 @dataclass
@@ -150,7 +152,7 @@ def _plan_modules(model: nn.Module, cfg: QuantConfig, rp: RewritePlan) -> None:
         quantizers = tuple(_qualify(name, attr) for attr in _quantizer_attrs(quant_cls))
         rp.plan.entries.append(PlanEntry(name, "module", type_name, QUANTIZE, None, res.rules, res.input,
                                          res.weight, quantizers, _disabled(cfg, quantizers), quant_cls.__name__))
-        rp.modules.append(ModuleAction(name, module, quant_cls, res.input, res.weight))
+        rp.modules.append(ModuleAction(name, module, quant_cls, res.input, res.weight, res.rules))
 
 
 def _enclosing(name: str, scopes: set[str]) -> str | None:
@@ -315,6 +317,7 @@ def build_plan(model: nn.Module, cfg: QuantConfig, trace: TraceResult, *, strict
     rp.runtime = plan_runtime_ops(model, cfg, probe, runtime_entries)
     _plan_scopes(model, rp)
     _plan_modules(model, cfg, rp)
+    check_weights(cfg, [(a.name, a.module, a.weight, a.rules) for a in rp.modules])
     _plan_ops(cfg, rp, model)
     rp.plan.entries.extend(runtime_entries)
     if trace.failed and probe is None:
