@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -53,7 +54,7 @@ def _weight_problem(desc: QuantDescriptor, weight: torch.Tensor) -> tuple[str, s
         if not -dims <= axis < dims:
             return "axis", f"an axis of the {dims}-D weight (-{dims}..{dims - 1})", axis
     if desc.amax is not None:
-        shape = tuple(torch.as_tensor(desc.amax).shape)
+        shape = tuple(np.shape(desc.amax))
         if not _broadcasts_to(shape, tuple(weight.shape)):
             return "amax", f"an amax that broadcasts to the weight's shape {list(weight.shape)}", list(shape)
     return None
