@@ -1,0 +1,158 @@
+"""Calibration end to end, cold start and command-line start-up, as ratios measured side by side in one run.
+
+Run: ``python benchmarks/bench_calibration_e2e.py`` from the repository root (``--skip-peer`` leaves out
+NVIDIA ModelOpt; without ``nvidia-modelopt`` installed its rows say so).
+
+* ``calibrate`` of an 8-block 64-wide residual CNN on 8 batches of 16x3x64x64, with max calibrators
+  (int8_max) and with histogram calibrators (int8_default, the default method), over the float forward of
+  the same batches under ``no_grad``; ModelOpt's ``mtq.calibrate`` (INT8_DEFAULT_CFG, max; and histogram
+  calibrators) on the same model and data. Rounds alternate; the best of ``--rounds`` is kept.
+* the first ``calibrate`` of a fresh process against the second one in the same process (numba's kernels load
+  in a background thread; the eager paths run until they are ready).
+* ``quantrewrite --help`` in a fresh process against ``python -c "import argparse"``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import subprocess
+import sys
+import textwrap
+import time
+
+import torch
+
+import quantrewrite
+from quantrewrite import _kernel_loader
+from quantrewrite.models import ResidualCNN
+
+SHAPE = (16, 3, 64, 64)
+BATCHES = 8
+
+COLD_START = textwrap.dedent("""
+    import time, torch, quantrewrite
+    from quantrewrite.models import ResidualCNN
+    torch.manual_seed(0)
+    model = ResidualCNN(num_blocks=8, width=64).eval()
+    batches = [torch.randn({shape}) for _ in range({batches})]
+    with torch.no_grad():
+        model(batches[0])  # torch's own first-call costs are not ours
+    qmodel = quantrewrite.quantize_model(model, "{config}")
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        quantrewrite.calibrate(qmodel, batches, progress=False)
+        times.append(time.perf_counter() - start)
+    print(times[0], min(times[1:]))
+""")
+
+
+def _model_and_batches() -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    torch.manual_seed(0)
+    model = ResidualCNN(num_blocks=8, width=64).eval()
+    return model, [torch.randn(SHAPE) for _ in range(BATCHES)]
+
+
+def _modelopt_runs(model: torch.nn.Module, batches: list[torch.Tensor]) -> dict[str, object]:
+    try:
+        import modelopt.torch.quantization as mtq
+    except ImportError as error:
+        return {"ModelOpt": f"not installed ({error.name}); pip install -e '.[bench]'"}
+
+    def forward_loop(m: torch.nn.Module) -> None:
+        with torch.no_grad():
+            for batch in batches:
+                m(batch)
+
+    runs: dict[str, object] = {}
+    max_model = mtq.quantize(copy.deepcopy(model), mtq.INT8_DEFAULT_CFG, forward_loop=None)
+    runs["ModelOpt calibrate, max (INT8_DEFAULT_CFG)"] = lambda: mtq.calibrate(max_model, "max", forward_loop)
+    histogram_cfg = copy.deepcopy(mtq.INT8_DEFAULT_CFG)
+    for entry in histogram_cfg["quant_cfg"]:
+        if entry.get("quantizer_name") == "*input_quantizer":
+            entry["cfg"] = {**entry["cfg"], "calibrator": "histogram"}
+    try:
+        hist_model = mtq.quantize(copy.deepcopy(model), histogram_cfg, forward_loop=None)
+        mtq.calibrate(hist_model, "max", forward_loop)
+    except TypeError as error:  # this ModelOpt version needs another spelling for histogram calibration
+        runs["ModelOpt calibrate, histogram inputs"] = f"not run: {error}"
+    else:
+        runs["ModelOpt calibrate, histogram inputs"] = lambda: mtq.calibrate(hist_model, "max", forward_loop)
+    return runs
+
+
+def end_to_end(rounds: int, peer: bool) -> list[tuple[str, str]]:
+    model, batches = _model_and_batches()
+    _kernel_loader.wait_loaded()  # steady state here; the cold start has its own row
+
+    def float_forward() -> None:
+        with torch.no_grad():
+            for batch in batches:
+                model(batch)
+
+    runs: dict[str, object] = {"float forward (baseline)": float_forward}
+    for config in ("int8_max", "int8_default"):
+        qmodel = quantrewrite.quantize_model(model, config)
+        runs[f"calibrate, {config}"] = lambda q=qmodel: quantrewrite.calibrate(q, batches, progress=False)
+    if peer:
+        runs.update(_modelopt_runs(model, batches))
+    timed = {name: run for name, run in runs.items() if callable(run)}
+    best = dict.fromkeys(timed, float("inf"))
+    for run in timed.values():  # warm-up
+        run()
+    for _ in range(rounds):
+        for name, run in timed.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    base = best["float forward (baseline)"]
+    rows = [(name, f"{best[name] / base:.3f}x") for name in timed]
+    rows += [(name, str(note)) for name, note in runs.items() if not callable(note)]
+    return rows
+
+
+def cold_start() -> list[tuple[str, str]]:
+    rows = []
+    for config in ("int8_max", "int8_default"):
+        code = COLD_START.format(shape=SHAPE, batches=BATCHES, config=config)
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        first, later = (float(v) for v in out.split())
+        rows.append((f"first calibrate in a process, {config}",
+                     f"+{first - later:.3f} s over a later call ({first / later:.2f}x)"))
+    return rows
+
+
+def cli_start_up(repeats: int = 5) -> list[tuple[str, str]]:
+    def best(args: list[str]) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            subprocess.run([sys.executable, *args], capture_output=True, check=True)
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    base = best(["-c", "import argparse"])
+    help_time = best(["-m", "quantrewrite", "--help"])
+    torch_time = best(["-c", "import torch"])
+    figure = (f"{help_time:.3f} s = {help_time / base:.2f}x python+argparse; "
+              f"import torch alone {torch_time / base:.2f}x")
+    return [("quantrewrite --help", figure)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--skip-peer", action="store_true", help="leave out NVIDIA ModelOpt")
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {BATCHES} batches {list(SHAPE)}, "
+          "ResidualCNN(8 blocks, width 64)")
+    rows = end_to_end(args.rounds, not args.skip_peer) + cold_start() + cli_start_up()
+    width = max(len(name) for name, _ in rows)
+    print(f"{'what':{width}s}  ratio / figure")
+    for name, value in rows:
+        print(f"{name:{width}s}  {value}")
+
+
+if __name__ == "__main__":
+    main()
