@@ -216,6 +216,7 @@ def _distributed_worker(rank: int, world: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes with gloo: ~30-60 s on a loaded 2-core machine
 def test_two_ranks_agree_with_each_other_and_with_one_process():
     world = 2
     with mp.Manager() as manager:

@@ -275,3 +275,19 @@ def test_validate_refuses_zero_bits(files, capsys):
     assert code == 1
     assert_one_error_line(err, "defaults.weight.num_bits: expected an int >= 2")
     assert "zero.yaml:3" in err
+
+
+def test_preset_named_as_a_file_suggests_the_preset(files, capsys):
+    code, _, err = run(capsys, "plan", f"{files}/factory.py:build", "-c", "int8_default.yaml")
+    assert code == 1
+    assert_one_error_line(err, "config file not found: int8_default.yaml; the preset is named 'int8_default'")
+
+
+def test_unknown_option_of_a_subcommand_points_to_its_help(files, capsys):
+    code, _, err = run(capsys, "quantize", f"{files}/factory.py:build", "-c", "int8_max", "--calib", "digits",
+                       "--methd", "max")
+    assert code == 2
+    assert_one_error_line(err, "unrecognized arguments: --methd max (see 'quantrewrite quantize --help')")
+    code, _, err = run(capsys, "quantise")
+    assert code == 2
+    assert_one_error_line(err, "invalid choice")

@@ -151,6 +151,7 @@ def _worker(rank: int, world: int, port: int, results) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes with gloo: ~30-60 s on a loaded 2-core machine
 def test_distributed_calibration_keeps_groups_consistent():
     with mp.Manager() as manager:
         results = manager.dict()

@@ -157,7 +157,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``quantrewrite`` command; returns the exit status (0 ok, 1 error, 2 usage error)."""
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:  # after a subcommand: its own --help lists the options it takes
+            command = getattr(args, "command", None)
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} "
+                             f"(see '{PROG}{' ' + command if command else ''} --help')")
     except UsageError as error:
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return error.exit_code

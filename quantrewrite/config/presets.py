@@ -67,7 +67,10 @@ def load_config(cfg: str | os.PathLike[str] | Mapping[str, Any] | QuantConfig | 
     if os.path.isfile(cfg):
         return QuantConfig.from_file(cfg, **known)
     if cfg.endswith((".yaml", ".yml")) or os.sep in cfg or "/" in cfg:
-        raise QuantConfigError([("", f"config file not found: {cfg}")])
+        stem = os.path.basename(cfg).rsplit(".", 1)[0]
+        hint = (f"; the preset is named {stem!r} (without .yaml)" if stem in presets
+                else f"; presets: {', '.join(presets)}" if presets else "")
+        raise QuantConfigError([("", f"config file not found: {cfg}{hint}")])
     message = (f"unknown preset {cfg!r}{did_you_mean(cfg, presets)}; presets: "
                f"{', '.join(presets) or '(none installed)'}; or give the path of a .yaml file")
     raise QuantConfigError([("", message)])
