@@ -76,6 +76,7 @@ def test_demo_end_to_end():
     assert format_table(rows) in text
     if HAS_ONNX:
         assert "verification: passed" in text and "onnxruntime top-1 = PyTorch top-1 for 100.00%" in text
+        assert "(deleted)" not in text and "removed when the demo ends" in text  # no bare placeholder
     else:
         assert "ONNX export skipped" in text
 
