@@ -112,9 +112,9 @@ def quantize_model(model: nn.Module, cfg: Any = None, *, example_inputs: Any = N
             untraced scopes (not needed when everything traces), and once so that a config's placement rules
             see tensor shapes (GEMV and small matmuls, attention sequence length; without it those shape rules
             leave matmuls quantized).
-        inplace: change ``model`` itself (its children are swapped; use the returned model, which is a
-            GraphModule when functional ops of the top level were quantized). With False (the default)
-            ``model`` is never modified, also when the call raises.
+        inplace: change ``model`` itself and return it (only a model that is itself a registered layer, like
+            a bare ``nn.Linear``, is returned as a new Quant module). With False (the default) ``model`` is
+            never modified, also when the call raises.
         concrete_args: FX concrete_args: ``{"mask": None}`` for the top-level forward's parameter ``mask``,
             ``{"encoder.block.mask": None}`` for the parameter ``mask`` of the module ``encoder.block``, used
             when that module is traced on its own (its parent did not trace). The plan's advice uses this form.
@@ -122,7 +122,9 @@ def quantize_model(model: nn.Module, cfg: Any = None, *, example_inputs: Any = N
         strict: raise on untraceable scopes and on config patterns that match nothing.
 
     Returns:
-        The quantized model, carrying its plan as ``quant_plan``.
+        The quantized model, carrying its plan as ``quant_plan``. It keeps the model's class, methods and
+        attributes at every level; a module whose functional ops got quantizers runs a forward generated
+        from its FX graph, installed on that instance (``print(qmodel.forward.code)`` shows it).
 
     Example:
         >>> qmodel = quantize_model(model, "int8_default")

@@ -35,7 +35,10 @@ __all__ = [
     "function_spec",
     "function_spec_for_callable",
     "function_spec_for_target",
+    "is_quant_container",
+    "quant_container_for",
     "quant_module_for",
+    "register_quant_container",
     "register_quant_function",
     "register_quant_module",
     "registered_functions",
@@ -116,6 +119,56 @@ def registered_modules() -> dict[str, type[nn.Module]]:
     """Registered float class name -> float class (the names a config's ``modules`` section accepts)."""
     _ensure_defaults()
     return {cls.__name__: cls for cls in _MODULES}
+
+
+# -------------------------------------------------------------------------------------------- containers
+
+# Exact float container type -> its twin: a subclass whose forward runs the children (whose own forward would
+# bypass them, e.g. a fused fast path). Swapped only when something inside is quantized; its children are
+# planned and swapped as usual.
+_CONTAINERS: dict[type[nn.Module], type[nn.Module]] = {}
+
+
+def register_quant_container(float_cls: type[nn.Module], *,
+                             override: bool = False) -> Callable[[type], type]:
+    """Class decorator: make ``twin_cls`` the twin of the container type ``float_cls``.
+
+    The twin must subclass ``float_cls`` and define ``from_float(module)``, returning a twin that shares the
+    module's parameters and children. Example (see ``nn/modules/quant_transformer.py``)::
+
+        @register_quant_container(nn.TransformerEncoderLayer)
+        class QuantTransformerEncoderLayer(nn.TransformerEncoderLayer):
+            @classmethod
+            def from_float(cls, module): ...
+            def forward(self, src, ...): ...  # the unfused path, calling the children
+    """
+    if not (isinstance(float_cls, type) and issubclass(float_cls, nn.Module)):
+        raise RegistryError(f"register_quant_container expects an nn.Module subclass, got {float_cls!r}")
+
+    def decorator(twin_cls: type) -> type:
+        if float_cls in _CONTAINERS and _CONTAINERS[float_cls] is not twin_cls and not override:
+            raise RegistryError(f"{float_cls.__name__} already has the container twin "
+                                f"{_CONTAINERS[float_cls].__name__}; pass override=True to replace it")
+        if not (isinstance(twin_cls, type) and issubclass(twin_cls, float_cls)):
+            raise RegistryError(f"{getattr(twin_cls, '__name__', twin_cls)} must subclass {float_cls.__name__}")
+        if not callable(getattr(twin_cls, "from_float", None)):
+            raise RegistryError(f"{twin_cls.__name__} must define a classmethod from_float(module)")
+        _CONTAINERS[float_cls] = twin_cls
+        return twin_cls
+
+    return decorator
+
+
+def quant_container_for(float_cls: type) -> type[nn.Module] | None:
+    """The container twin registered for exactly this type, or None."""
+    _ensure_defaults()
+    return _CONTAINERS.get(float_cls)
+
+
+def is_quant_container(module: nn.Module) -> bool:
+    """Whether ``module`` is a registered container twin (the rewrite does not trace into it)."""
+    _ensure_defaults()
+    return type(module) in _CONTAINERS.values()
 
 
 # --------------------------------------------------------------------------------------------- functions

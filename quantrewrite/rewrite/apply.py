@@ -1,10 +1,10 @@
 """Carry out a RewritePlan: swap modules for their Quant twins and insert quantizers before op sites.
 
-Everything that can fail (building Quant modules and quantizers) happens before the first change to the
-model, so a failure leaves the model as it was. A traced scope becomes a GraphModule only when one of its
-op sites gets quantizers; it keeps the original module's children, parameters and buffers (also those its
-forward never touches), so state_dict keys do not change, and its plain attributes, which an untraced
-parent's forward may read.
+Everything that can fail (building Quant modules and quantizers, generating the new forwards) happens before
+the first change to the model, so a failure leaves the model as it was. The model keeps its class, methods
+and attributes at every level: a traced scope whose graph gained quantizers only gets a generated ``forward``
+on its instance (see ``generated_forward.py``); children, parameters and buffers stay where they were, so
+state_dict keys do not change.
 """
 
 from __future__ import annotations
@@ -12,7 +12,8 @@ from __future__ import annotations
 from torch import fx, nn
 
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
-from quantrewrite.rewrite.planner import ArgSlot, OpAction, RewritePlan
+from quantrewrite.rewrite.generated_forward import GeneratedForward
+from quantrewrite.rewrite.planner import ArgSlot, RewritePlan
 from quantrewrite.rewrite.runtime_plan import attach
 
 __all__ = ["apply_plan"]
@@ -46,28 +47,11 @@ def _replace_arg(node: fx.Node, slot: ArgSlot, new: fx.Node) -> None:
         node.kwargs = container
 
 
-def _graph_module(module: nn.Module, graph: fx.Graph) -> fx.GraphModule:
-    gm = fx.GraphModule(module, graph, class_name=type(module).__name__)
-    for name, child in module._modules.items():  # the real children (aliases too), not FX's partial copies
-        if child is not None:
-            setattr(gm, name, child)
-    for name, param in module.named_parameters(recurse=False):
-        if name not in gm._parameters:
-            gm.register_parameter(name, param)
-    for name, buf in module.named_buffers(recurse=False):
-        if name not in gm._buffers:
-            gm.register_buffer(name, buf, persistent=name not in module._non_persistent_buffers_set)
-    for name, value in vars(module).items():  # plain attributes, which untraced code may still read
-        if name not in vars(gm) and name != "forward":
-            gm.__dict__[name] = value
-    gm.train(module.training)
-    gm.graph.lint()
-    return gm
-
-
 def apply_plan(model: nn.Module, rp: RewritePlan) -> nn.Module:
-    """Apply ``rp`` to ``model`` (the model the plan was built from) and return the rewritten model."""
-    # 1. Build every new module first: nothing is changed if one of these raises.
+    """Apply ``rp`` to ``model`` (the model the plan was built from) and return the rewritten model: ``model``
+    itself, unless the plan swaps the model as a whole (``quantize_model(nn.Linear(...))``)."""
+    # 1. Build every new module, insert the quantizer calls into the scope graphs (which are not part of the
+    #    model) and generate the new forwards: nothing in the model is changed if one of these raises.
     swaps = [(action.name, action.quant_cls.from_float(action.module, action.input, action.weight))
              for action in rp.modules]
     quantizers = [(op, slot, TensorQuantizer(slot.descriptor)) for op in rp.ops for slot in op.slots]
@@ -76,47 +60,44 @@ def apply_plan(model: nn.Module, rp: RewritePlan) -> nn.Module:
         for module in quant.modules():
             if isinstance(module, TensorQuantizer):
                 module.train(action.module.training)
-
-    # 2. Attach Quant modules and op quantizers to the module tree.
-    root = model
-    for name, quant in swaps:
-        if name == "":
-            root = quant
-        else:
-            parent, leaf = _parent(model, name)
-            setattr(parent, leaf, quant)
-    # A module held under several names (named_modules() lists only the first) is swapped under all of them.
-    twins = {id(action.module): quant for action, (name, quant) in zip(rp.modules, swaps) if name}
-    for module in list(model.modules()):
-        for key, child in list(module._modules.items()):
-            if child is not None and id(child) in twins:
-                module._modules[key] = twins[id(child)]
-    scopes_to_rebuild: dict[str, list[OpAction]] = {}
-    for op, slot, quantizer in quantizers:
-        owner = model.get_submodule(op.owner) if op.owner else model
-        setattr(owner, slot.attr, quantizer.train(owner.training))
+    changed_scopes: set[str] = set()
+    for op, slot, _ in quantizers:
         target = _relative(f"{op.owner}.{slot.attr}" if op.owner else slot.attr, op.scope)
         graph = op.node.graph
         with graph.inserting_before(op.node):
             qnode = graph.call_module(target, (slot.arg,))
         _replace_arg(op.node, slot, qnode)
-        scopes_to_rebuild.setdefault(op.scope, []).append(op)
-
-    # 3. Rebuild the scopes whose graphs changed (traced scopes are disjoint subtrees: order does not matter).
+        changed_scopes.add(op.scope)
+    forwards = []
     for scope in rp.trace.traced if rp.trace else []:
-        if scope.name not in scopes_to_rebuild:
-            continue
-        gm = _graph_module(scope.module, scope.graph)
-        if scope.name == "":
-            root = gm
-        else:
-            parent, leaf = _parent(model, scope.name)
-            setattr(parent, leaf, gm)
+        if scope.name in changed_scopes:
+            scope.graph.lint()
+            forwards.append((scope.module, GeneratedForward.from_graph(scope.module, scope.graph)))
 
-    # 4. Op sites of untraced scopes: their quantizers join the owners, which are hooked (runtime_ops.py).
+    # 2. Attach Quant modules and op quantizers to the module tree, then install the generated forwards.
+    root = model
+    for name, quant in swaps:  # parents before children: a swapped container (a twin) receives its children's swaps
+        if name == "":
+            root = quant
+        else:
+            parent, leaf = _parent(root, name)
+            setattr(parent, leaf, quant)
+    # A module held under several names (named_modules() lists only the first) is swapped under all of them.
+    twins = {id(action.module): quant for action, (name, quant) in zip(rp.modules, swaps) if name}
+    for module in list(root.modules()):
+        for key, child in list(module._modules.items()):
+            if child is not None and id(child) in twins:
+                module._modules[key] = twins[id(child)]
+    for op, slot, quantizer in quantizers:
+        owner = root.get_submodule(op.owner) if op.owner else root
+        setattr(owner, slot.attr, quantizer.train(owner.training))
+    for module, forward in forwards:  # the instance attribute shadows the class's forward
+        module.forward = forward
+
+    # 3. Op sites of untraced scopes: their quantizers join the owners, which are hooked (runtime_ops.py).
     attach(root, rp.runtime, runtime_quantizers)
 
-    # 5. Quantizers that the config disables start disabled; group members learn their group.
+    # 4. Quantizers that the config disables start disabled; group members learn their group.
     for entry in rp.plan.entries:
         for qname in entry.disabled:
             root.get_submodule(qname).disable()

@@ -155,6 +155,30 @@ def _plan_modules(model: nn.Module, cfg: QuantConfig, rp: RewritePlan) -> None:
         rp.modules.append(ModuleAction(name, module, quant_cls, res.input, res.weight, res.rules))
 
 
+def _plan_containers(model: nn.Module, rp: RewritePlan) -> None:
+    """Swap each registered container (``registry.register_quant_container``) that holds a swapped module for
+    its twin, which runs those children instead of bypassing them. Parents are swapped before their children."""
+    swapped = [action.name for action in rp.modules]
+    entries = {entry.name: i for i, entry in enumerate(rp.plan.entries) if entry.kind == "module"}
+    order: dict[str, int] = {}
+    root_entry = None
+    for index, (name, module) in enumerate(model.named_modules()):
+        order[name] = index
+        twin = registry.quant_container_for(type(module))
+        prefix = f"{name}." if name else ""
+        if twin is None or name in swapped or not any(child.startswith(prefix) for child in swapped):
+            continue
+        entry = PlanEntry(name, "module", type(module).__name__, QUANTIZE, None, quant_class=twin.__name__)
+        if name in entries:
+            rp.plan.entries[entries[name]] = entry
+        else:  # the model itself, which has no entry yet
+            root_entry = entry
+        rp.modules.append(ModuleAction(name, module, twin, None, None))
+    if root_entry is not None:
+        rp.plan.entries.insert(0, root_entry)
+    rp.modules.sort(key=lambda action: order[action.name])
+
+
 def _enclosing(name: str, scopes: set[str]) -> str | None:
     """The outermost member of ``scopes`` that strictly encloses ``name`` ("" encloses everything)."""
     if not scopes:
@@ -318,6 +342,7 @@ def build_plan(model: nn.Module, cfg: QuantConfig, trace: TraceResult, *, strict
     _plan_scopes(model, rp)
     _plan_modules(model, cfg, rp)
     check_weights(cfg, [(a.name, a.module, a.weight, a.rules) for a in rp.modules])
+    _plan_containers(model, rp)
     _plan_ops(cfg, rp, model)
     rp.plan.entries.extend(runtime_entries)
     if trace.failed and probe is None:

@@ -19,13 +19,15 @@ from torch import fx, nn
 from quantrewrite import registry
 from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+from quantrewrite.rewrite.generated_forward import generated_forward_of
 
 __all__ = ["QuantTracer", "TraceResult", "TracedScope", "scope_concrete_args", "trace_scopes"]
 
 
 class QuantTracer(fx.Tracer):
     """An FX tracer whose leaves are torch.nn modules (FX's default), Quant modules, quantizers, every
-    registered float type, and the user's extra leaf modules (types or qualified names)."""
+    registered float type, container twins (QuantTransformerEncoderLayer, ...), and the user's extra leaf modules
+    (types or qualified names)."""
 
     def __init__(self, leaf_modules: Iterable[type | str] = (), prefix: str = ""):
         super().__init__()
@@ -41,9 +43,17 @@ class QuantTracer(fx.Tracer):
             return True
         if self._leaf_names and _qualify(self._prefix, qualified_name) in self._leaf_names:
             return True
-        if registry.quant_module_for(type(module)) is not None:
+        if registry.quant_module_for(type(module)) is not None or registry.is_quant_container(module):
             return True
         return super().is_leaf_module(module, qualified_name)
+
+    def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> Any:
+        """Trace a module rewritten before through its generated forward, not its class's float forward, so a
+        second rewrite sees the quantizers the first one inserted."""
+        generated = generated_forward_of(self.root) if is_module else None
+        if generated is not None:
+            root_fn = generated.func
+        return super().create_args_for_root(root_fn, is_module, concrete_args)
 
 
 @dataclass

@@ -15,6 +15,8 @@ from torch import fx, nn
 
 from quantrewrite import registry
 from quantrewrite.models import BasicBlock
+from quantrewrite.rewrite.generated_forward import generated_forward_of
+from quantrewrite.rewrite.tracer import QuantTracer
 
 # ------------------------------------------------------------------------------------------ references
 
@@ -54,18 +56,28 @@ def assert_unchanged(model: nn.Module, before: tuple[dict[str, torch.Tensor], di
     assert {name: type(m) for name, m in model.named_modules()} == types
 
 
-def graph_modules(model: nn.Module) -> list[fx.GraphModule]:
-    return [m for m in model.modules() if isinstance(m, fx.GraphModule)]
+def rewritten(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules of ``model`` whose forward the rewrite generated, by qualified name."""
+    return {name: m for name, m in model.named_modules() if generated_forward_of(m) is not None}
+
+
+def is_rewritten(module: nn.Module) -> bool:
+    return generated_forward_of(module) is not None
+
+
+def generated_graph(module: nn.Module) -> fx.Graph:
+    """The FX graph of ``module``'s generated forward, traced again from the generated code."""
+    assert is_rewritten(module), f"{type(module).__name__} has no generated forward"
+    return QuantTracer().trace(module)
 
 
 def call_module_nodes(model: nn.Module) -> dict[str, fx.Node]:
-    """Every call_module node of every GraphModule in ``model``, by absolute qualified target."""
+    """Every call_module node of every generated forward in ``model``, by absolute qualified target."""
     out = {}
-    for name, gm in model.named_modules():
-        if isinstance(gm, fx.GraphModule):
-            for node in gm.graph.nodes:
-                if node.op == "call_module":
-                    out[f"{name}.{node.target}" if name else str(node.target)] = node
+    for name, module in rewritten(model).items():
+        for node in generated_graph(module).nodes:
+            if node.op == "call_module":
+                out[f"{name}.{node.target}" if name else str(node.target)] = node
     return out
 
 

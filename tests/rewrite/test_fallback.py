@@ -12,6 +12,7 @@ from rewrite_toys import (
     MatmulBlock,
     SizeLoopRoot,
     assert_unchanged,
+    is_rewritten,
     snapshot,
     sqnr_db,
 )
@@ -46,9 +47,9 @@ def test_data_dependent_root_falls_back_to_its_children():
     model = DataDependentRoot().eval()
     qmodel = quantize_model(model, ADD_ON)
 
-    assert type(qmodel) is DataDependentRoot  # the root did not trace: it is not a GraphModule
+    assert type(qmodel) is DataDependentRoot and not is_rewritten(qmodel)  # the root did not trace
     assert type(qmodel.stem) is qnn.QuantConv2d and type(qmodel.fc) is qnn.QuantLinear
-    assert isinstance(qmodel.block, fx.GraphModule)  # the child traced and got its add quantized
+    assert is_rewritten(qmodel.block)  # the child traced and got its add quantized
     assert type(qmodel.block.conv1) is qnn.QuantConv2d and type(qmodel.block.conv2) is qnn.QuantConv2d
     quantizers = list_quantizers(qmodel)
     assert "block.add_input_quantizer" in quantizers and "block.add_input1_quantizer" in quantizers
@@ -97,7 +98,7 @@ def test_size_loop_root_quantizes_the_blocks_inside_a_module_list():
     assert type(qmodel.head) is qnn.QuantLinear
     quantizers = list_quantizers(qmodel)
     for block in ("blocks.0", "blocks.1"):
-        assert isinstance(qmodel.get_submodule(block), fx.GraphModule)
+        assert is_rewritten(qmodel.get_submodule(block))
         assert type(qmodel.get_submodule(f"{block}.fc")) is qnn.QuantLinear
         for site in ("matmul", "matmul_1"):
             assert p[f"{block}.{site}"].quantized
@@ -144,7 +145,7 @@ def test_fallback_recurses_into_children_that_fail():
     quantized_sites = [e.name for e in p.functions() if e.quantized]
     assert quantized_sites == ["gate.inner.matmul", "gate.inner.matmul_1", "stack.0.matmul", "stack.0.matmul_1",
                                "stack.1.matmul", "stack.1.matmul_1"]
-    assert isinstance(qmodel.gate.inner, fx.GraphModule) and isinstance(qmodel.stack, fx.GraphModule)
+    assert is_rewritten(qmodel.gate.inner) and is_rewritten(qmodel.stack)
     x = torch.randn(2, 3, 4)
     _assert_float_when_disabled(model, qmodel, x)
 
@@ -265,7 +266,7 @@ def test_concrete_args_make_the_none_default_scope_trace():
     assert p.untraced == {}
     assert p["block.matmul"].quantized
     qmodel = quantize_model(model, concrete_args={"mask": None})
-    assert isinstance(qmodel, fx.GraphModule)
+    assert is_rewritten(qmodel)
     x = torch.randn(2, 3, 4)
     _assert_float_when_disabled(model, qmodel, x)
     with pytest.raises(AssertionError, match="specialized to have value None"):
@@ -299,7 +300,7 @@ def test_a_traced_child_keeps_the_attributes_its_untraced_parent_reads():
     torch.manual_seed(0)
     model = ReadsChildAttribute().eval()
     qmodel = quantize_model(model)
-    assert isinstance(qmodel.block, fx.GraphModule) and qmodel.quant_plan["block.matmul"].quantized
+    assert is_rewritten(qmodel.block) and qmodel.quant_plan["block.matmul"].quantized
     assert qmodel.block.scale == 2.0
     x = torch.randn(3, 4)
     with torch.no_grad():

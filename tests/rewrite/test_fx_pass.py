@@ -16,10 +16,12 @@ from rewrite_toys import (
     Wrapper,
     call_module_nodes,
     fake_quant_ref,
-    graph_modules,
+    generated_graph,
+    is_rewritten,
     per_channel_amax,
+    rewritten,
 )
-from torch import fx, nn
+from torch import nn
 
 import quantrewrite as qr
 from quantrewrite import TensorQuantizer, disable_quantizers, list_quantizers, quantize_model, registry
@@ -163,7 +165,7 @@ def test_cat_quantizes_every_tensor_input(call):
     qmodel = quantize_model(Cat(), ADD_CAT_ON)
     names = ["cat_input_quantizer", "cat_input1_quantizer", "cat_input2_quantizer"]
     assert list(list_quantizers(qmodel)) == names
-    (cat,) = [n for n in qmodel.graph.nodes if n.target in (torch.cat, torch.concat)]
+    (cat,) = [n for n in generated_graph(qmodel).nodes if n.target in (torch.cat, torch.concat)]
     tensors = cat.args[0] if cat.args else cat.kwargs["tensors"]
     assert [t.target for t in tensors] == names
     assert [t.args[0].name for t in tensors] == ["x", "y", "mul"]
@@ -198,7 +200,7 @@ def test_matmul_quantizes_both_operands(fn):
 
     qmodel = quantize_model(MM(), "int8_max")
     assert list(list_quantizers(qmodel)) == ["matmul_input_quantizer", "matmul_input1_quantizer"]
-    (op,) = [n for n in qmodel.graph.nodes if n.op in ("call_function", "call_method")]
+    (op,) = [n for n in generated_graph(qmodel).nodes if n.op in ("call_function", "call_method")]
     assert [a.target for a in op.args] == ["matmul_input_quantizer", "matmul_input1_quantizer"]
     assert [a.args[0].name for a in op.args] == ["x", "y"]
     x, y = torch.randn(2, 3, 4), torch.randn(2, 4, 5)
@@ -288,12 +290,12 @@ class SharedValue(nn.Module):
 
 def test_insertion_is_per_consumer():
     qmodel = quantize_model(SharedValue(), "int8_max")
-    nodes = {n.name: n for n in qmodel.graph.nodes}
+    nodes = {n.name: n for n in generated_graph(qmodel).nodes}
     y = nodes["mul"]
     assert nodes["relu"].args[0] is y
     assert nodes["transpose"].args[0] is y
     assert nodes["output"].args[0][2] is y
-    quantizer = call_module_nodes(qmodel)["matmul_input_quantizer"]
+    quantizer = nodes["matmul_input_quantizer"]
     assert quantizer.args[0] is y and nodes["matmul"].args[0] is quantizer
     x = torch.randn(2, 3, 4)
     with torch.no_grad():
@@ -309,18 +311,19 @@ def test_insertion_is_per_consumer():
 def test_graphs_lint_and_recompiled_code_calls_the_quantizers(name):
     model, _ = _build(name)
     qmodel = quantize_model(model, ADD_CAT_ON)
-    gms = graph_modules(qmodel)
-    assert gms
+    scopes = rewritten(qmodel)
+    assert scopes
     inserted = set(call_module_nodes(qmodel))
-    for gm in gms:
-        gm.graph.lint()
-        for node in gm.graph.nodes:
+    for module in scopes.values():
+        graph = generated_graph(module)
+        graph.lint()
+        for node in graph.nodes:
             if node.op == "call_module":
-                assert isinstance(gm.get_submodule(node.target), nn.Module)
+                assert isinstance(module.get_submodule(node.target), nn.Module)
     for entry in qmodel.quant_plan.functions():
         for quantizer in entry.quantizers:
             assert quantizer in inserted
-            assert quantizer.rsplit(".", 1)[-1] in qmodel.code
+            assert quantizer.rsplit(".", 1)[-1] in qmodel.forward.code
 
 
 TOYS = {
@@ -435,7 +438,7 @@ def test_a_module_dict_as_the_whole_model_has_its_items_traced():
     from quantrewrite.models import BasicBlock
 
     qmodel = quantize_model(nn.ModuleDict({"a": BasicBlock(2, 2), "b": TwoAdds()}), ADD_ON)
-    assert type(qmodel) is nn.ModuleDict and isinstance(qmodel["a"], fx.GraphModule)
+    assert type(qmodel) is nn.ModuleDict and is_rewritten(qmodel["a"])
     assert [n for n in list_quantizers(qmodel) if "add" in n] == [
         "a.add_input_quantizer", "a.add_input1_quantizer", "b.add_input_quantizer", "b.add_input1_quantizer",
         "b.add_1_input_quantizer", "b.add_1_input1_quantizer"]

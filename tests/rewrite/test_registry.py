@@ -8,7 +8,7 @@ import operator
 import pytest
 import torch
 import torch.nn.functional as F
-from rewrite_toys import fake_quant_ref, registry_snapshot
+from rewrite_toys import fake_quant_ref, generated_graph, registry_snapshot
 from torch import fx, nn
 from torch.nn.modules import pooling
 
@@ -60,11 +60,16 @@ def test_builtin_quant_class_is_registered_for_its_exact_float_type(float_cls, q
     assert registry.registered_modules()[float_cls.__name__] is float_cls
 
 
+CONTAINERS = [(nn.TransformerEncoderLayer, qnn.QuantTransformerEncoderLayer),
+              (nn.TransformerEncoder, qnn.QuantTransformerEncoder)]
+
+
 def test_every_exported_quant_class_is_registered():
     exported = {getattr(qnn, name) for name in qnn.__all__
                 if name.startswith("Quant") and name not in ("QuantMixin", "QuantInputMixin")}
     registered = {registry.quant_module_for(cls) for cls in registry.registered_modules().values()}
-    assert exported == {quant for _, quant in BUILTINS}
+    registered |= {registry.quant_container_for(cls) for cls, _ in CONTAINERS}
+    assert exported == {quant for _, quant in BUILTINS + CONTAINERS}
     assert exported <= registered
 
 
@@ -255,7 +260,7 @@ def test_user_op_gets_quantizers_named_after_it():
     names = [n for n in list_quantizers(qmodel) if n.startswith("my_scale")]
     assert names == ["my_scale_input_quantizer", "my_scale_input1_quantizer",
                      "my_scale_1_input_quantizer", "my_scale_1_input1_quantizer"]
-    calls = [n for n in qmodel.graph.nodes if n.op == "call_function" and n.target is my_scale]
+    calls = [n for n in generated_graph(qmodel).nodes if n.op == "call_function" and n.target is my_scale]
     assert [[a.target for a in node.args] for node in calls] == [names[:2], names[2:]]
     assert qmodel.quant_plan["my_scale_1"].quantizers == tuple(names[2:])
 

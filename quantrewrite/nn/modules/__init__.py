@@ -50,6 +50,7 @@ from quantrewrite.nn.modules.quant_rnn import (
     QuantLSTM,
     QuantLSTMCell,
 )
+from quantrewrite.nn.modules.quant_transformer import QuantTransformerEncoder, QuantTransformerEncoderLayer
 from quantrewrite.nn.modules.tensor_quantizer import AmaxShapeError, CalibrationError, TensorQuantizer
 
 __all__ = [
@@ -103,6 +104,8 @@ __all__ = [
     "QuantMaxPool3d",
     "QuantMixin",
     "QuantMultiheadAttention",
+    "QuantTransformerEncoder",
+    "QuantTransformerEncoderLayer",
     "TensorQuantizer",
     "pop_quant_desc_in_kwargs",
 ]
