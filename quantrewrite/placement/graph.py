@@ -12,7 +12,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 __all__ = ["GraphIndex", "node_kind", "propagate_shapes"]
 
@@ -210,20 +209,27 @@ def propagate_shapes(model: nn.Module, scopes: list[Any], example_inputs: Any) -
     for scope in scopes:
         if scope.name not in captured:
             continue
-        copy_graph = fx.Graph()
-        mapping: dict[fx.Node, fx.Node] = {}
-        result = copy_graph.graph_copy(scope.graph, mapping)
-        copy_graph.output(result)
-        gm = fx.GraphModule(scope.module, copy_graph)
+        recorder = _ShapeRecorder(scope.module, scope.graph)  # runs on the module itself: any child names work
         try:
             with torch.no_grad():
-                ShapeProp(gm).propagate(*captured[scope.name])
+                recorder.run(*captured[scope.name])
         except (RuntimeError, TypeError, ValueError, AttributeError, IndexError) as error:
             logger.info("no shapes for scope %s (the shape rules treat its ops as shape-unknown): %s",
                         scope.name or "<root>", error)
             continue
-        for old, new in mapping.items():
-            meta = new.meta.get("tensor_meta")
-            if meta is not None and hasattr(meta, "shape"):
-                shapes[old] = tuple(meta.shape)
+        shapes.update(recorder.shapes)
     return shapes
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs a scope's graph on its module, recording each tensor-valued node's output shape."""
+
+    def __init__(self, module: nn.Module, graph: fx.Graph) -> None:
+        super().__init__(module, graph=graph)
+        self.shapes: dict[fx.Node, tuple[int, ...]] = {}
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            self.shapes[n] = tuple(result.shape)
+        return result

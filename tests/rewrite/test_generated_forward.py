@@ -213,3 +213,14 @@ def test_a_functional_only_module_keeps_its_class_and_parameter():
     qmodel = quantize_model(model)
     assert type(qmodel) is Functional and next(iter(qmodel.state_dict())) == "weight"
     assert "linear_weight_quantizer" in qmodel.forward.code
+
+
+@pytest.mark.parametrize("factory", [Net, Untraced], ids=["traced-root", "untraced-root"])
+def test_children_named_meta_graph_code_work_with_example_inputs(factory):
+    """Example inputs run the scopes' graphs for shapes and probe untraced scopes: on the user's modules."""
+    model = factory().eval()
+    qmodel = quantize_model(model, "tensorrt", example_inputs=_inputs())
+    assert type(qmodel) is factory
+    with torch.no_grad():
+        disable_quantizers(qmodel, "*")
+        assert torch.equal(qmodel(_inputs()), model(_inputs()))

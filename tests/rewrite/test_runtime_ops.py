@@ -8,8 +8,8 @@ import logging
 
 import pytest
 import torch
-from rewrite_toys import MatmulBlock, assert_unchanged, fake_quant_ref, snapshot, sqnr_db
-from torch import fx, nn
+from rewrite_toys import MatmulBlock, assert_unchanged, fake_quant_ref, is_rewritten, snapshot, sqnr_db
+from torch import nn
 
 from quantrewrite import (
     RewriteError,
@@ -86,7 +86,7 @@ def test_untraced_scope_gets_the_traced_names_and_numbers():
     x = torch.randn(2, 3, 4)
     q_traced = _calibrated(traced, [x], ADD_ON)
     q_untraced = _calibrated(untraced, [x], ADD_ON)
-    assert isinstance(q_traced, fx.GraphModule) and type(q_untraced) is Twin
+    assert type(q_traced) is Twin and is_rewritten(q_traced) and type(q_untraced) is Twin
     assert q_untraced.quant_plan.untraced.keys() == {""}
     assert sorted(list_quantizers(q_untraced)) == sorted(list_quantizers(q_traced))
     assert "matmul_input_quantizer" in list_quantizers(q_untraced) and "add_1_input1_quantizer" in list_quantizers(
@@ -301,7 +301,7 @@ def test_plan_advice_for_a_child_scope_is_applicable():
     p = plan(model, concrete_args={"child.mask": None})
     assert "child" not in p.untraced and p.untraced.keys() == {""}
     qmodel = quantize_model(model, concrete_args={"child.mask": None})
-    assert isinstance(qmodel.child, fx.GraphModule) and type(qmodel.child.fc) is qnn.QuantLinear
+    assert is_rewritten(qmodel.child) and type(qmodel.child.fc) is qnn.QuantLinear
     disable_quantizers(qmodel, "*")
     x = torch.randn(2, 3, 4)
     with torch.no_grad():
