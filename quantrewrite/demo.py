@@ -168,7 +168,8 @@ def _export(row: DemoRow, write: Any) -> None:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         onnx_logits = torch.from_numpy(session.run(None, {"images": images.numpy()})[0])
         size_kib = path.stat().st_size / 1024
-    write(str(report).replace(str(path), f"<tmp>/{path.name}"), f"  file size {size_kib:.1f} KiB (written to a temporary folder, removed when the demo ends)")
+    write(str(report).replace(str(path), f"<tmp>/{path.name}"),
+          f"  file size {size_kib:.1f} KiB (written to a temporary folder, removed when the demo ends)")
     agree = float((onnx_logits.argmax(1) == row.logits.argmax(1)).float().mean())
     accuracy = float((onnx_logits.argmax(1) == labels).float().mean())
     write(f"  over the {len(images)} test images: onnxruntime top-1 = PyTorch top-1 for {100 * agree:.2f}%; "
