@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from quantrewrite.export_dynamo import dynamo_qdq, translations
+from quantrewrite.export_fp8 import FP8_MIN_OPSET, fp8_qdq
 from quantrewrite.export_io import BATCH, ExampleInputs, KeywordCall, batch_dynamic_axes, bind_example, output_names_of
 from quantrewrite.export_report import ExportReport, TensorSpec
 from quantrewrite.export_verify import verify_export
@@ -79,11 +80,11 @@ def _quantizer_problems(quantizer: TensorQuantizer) -> list[str]:
     problems = []
     desc = quantizer.quant_desc
     if desc.is_fp8:
-        problems.append("num_bits=(4, 3) (FP8 E4M3) has no int8 Q/DQ form: disable it or use num_bits: 8")
+        pass  # float8e4m3fn Q/DQ (export_fp8.py): opset >= 19, checked by export_onnx and the exporter
     elif desc.num_bits != 8:
         problems.append(f"num_bits={desc.num_bits}: ONNX Q/DQ up to opset 20 is 8-bit only: disable it or use "
                         "num_bits: 8")
-    if desc.narrow_range and not desc.unsigned:
+    if desc.narrow_range and not desc.unsigned and not desc.is_fp8:
         problems.append("narrow_range=True: torch's exporters accept only the full range (-128, 127): set "
                         "narrow_range: false")
     if not desc.fake_quant:
@@ -143,9 +144,13 @@ def quantize_for_export(quantizer: TensorQuantizer, inputs: torch.Tensor) -> tor
     amax = amax.to(device=inputs.device, dtype=torch.float32)
     if quantizer.scale_amax is not None:
         amax = amax * quantizer.scale_amax
+    x = inputs if inputs.dtype == torch.float32 else inputs.float()
+    if quantizer.quant_desc.is_fp8:
+        per_channel = amax.dim() > 0 and quantizer.axis is not None
+        out = fp8_qdq(x, amax, quantizer.axis[0] % x.dim() if per_channel else None)
+        return out if out.dtype == inputs.dtype else out.to(inputs.dtype)
     min_bound, max_bound = quant_bounds(8, quantizer.unsigned, narrow_range=False)
     scale = amax / max_bound
-    x = inputs if inputs.dtype == torch.float32 else inputs.float()
     per_tensor = amax.dim() == 0 or quantizer.axis is None
     if not torch.jit.is_tracing():  # the torch.export-based exporter (see export_dynamo)
         scale = scale.reshape(()) if per_tensor else scale.reshape(-1)
@@ -423,6 +428,11 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...] | Mapping
         record = _record_forward(model, inputs, emitting)
         reached = [name for name, count in record.calls.items() if count]
         problems = {name: found for name in reached if (found := _quantizer_problems(emitting[name]))}
+        if opset < FP8_MIN_OPSET:
+            for name in reached:
+                if emitting[name].quant_desc.is_fp8:
+                    problems.setdefault(name, []).append(f"num_bits=(4, 3): FP8 Q/DQ (float8e4m3fn) needs opset >= "
+                                                         f"{FP8_MIN_OPSET}, got {opset}: pass opset={FP8_MIN_OPSET}")
         if problems:
             raise ExportError(_problems_message(problems), problems)
         notes = [f"{name} was not reached by the example forward and would not export: {'; '.join(found)}"

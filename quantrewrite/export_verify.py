@@ -28,6 +28,11 @@ __all__ = ["OutputComparison", "compare_outputs", "count_qdq_pairs", "graph_io",
 _INT8_TYPES = (np.int8, np.uint8)
 
 
+def _is_qdq_type(dtype: np.dtype) -> bool:
+    """int8/uint8, or float8e4m3fn (FP8 quantizers, opset >= 19)."""
+    return dtype in _INT8_TYPES or dtype.name == "float8_e4m3fn"
+
+
 def _import_onnx() -> tuple[Any, Any]:
     try:
         import onnx
@@ -80,8 +85,8 @@ def count_qdq_pairs(graph: Any) -> tuple[int, list[str]]:
             continue
         label = f"{node.op_type} {node.name or node.output[0]}"
         zero_point = constants.get(node.input[2]) if len(node.input) > 2 and node.input[2] else None
-        if zero_point is None or zero_point.dtype not in _INT8_TYPES or zero_point.any():
-            problems.append(f"{label}: zero point is not a constant int8/uint8 zero ({zero_point!r})")
+        if zero_point is None or not _is_qdq_type(zero_point.dtype) or np.any(zero_point.astype(np.float32)):
+            problems.append(f"{label}: zero point is not a constant int8/uint8/float8 zero ({zero_point!r})")
         if node.op_type == "QuantizeLinear":
             users = consumers.get(node.output[0], [])
             others = [c.op_type for c in users if c.op_type != "DequantizeLinear"]
@@ -91,7 +96,7 @@ def count_qdq_pairs(graph: Any) -> tuple[int, list[str]]:
         source = producers.get(node.input[0])
         if source is not None and source.op_type == "QuantizeLinear":
             pairs += 1
-        elif node.input[0] in constants and constants[node.input[0]].dtype in _INT8_TYPES:
+        elif node.input[0] in constants and _is_qdq_type(constants[node.input[0]].dtype):
             pairs += 1  # a folded weight pair
         else:
             problems.append(f"{label}: input is neither a QuantizeLinear nor an int8/uint8 constant")

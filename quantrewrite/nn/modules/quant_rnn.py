@@ -160,7 +160,8 @@ class _QuantRNNBase(QuantMixin):
         source = torch.nn.functional.linear(data, w_ih, b_ih) if projected else data
         steps = list(source.split(sizes, 0)) if packed else list(source.unbind(0))
         outputs, final = rnn_f.run_direction(self._cell, steps, state, (w_ih, w_hh, b_ih, b_hh),
-                                             None if projected else input_quantizer, projected, bool(direction))
+                                             None if projected else input_quantizer, projected, bool(direction),
+                                             packed)
         return (torch.cat(outputs, 0) if packed else torch.stack(outputs, 0)), final
 
 

@@ -89,10 +89,17 @@ Cell = Callable[..., State]
 
 
 def run_direction(cell: Cell, steps: list[torch.Tensor], state: State, weights: tuple, input_quantizer,
-                  x_projected: bool, reverse: bool) -> tuple[list[torch.Tensor], State]:
-    """Run ``cell`` over the steps (each [rows_t, F], rows never growing in time); returns the hidden output of
-    every step (in time order) and the final state of every row."""
+                  x_projected: bool, reverse: bool, packed: bool = False) -> tuple[list[torch.Tensor], State]:
+    """Run ``cell`` over the steps (each [rows_t, F]; with ``packed``, rows never grow in time, else every step
+    has every row); returns the hidden output of every step (in time order) and the final state of every row.
+    Padded sequences read no sizes (an ONNX trace of them carries no shape-dependent branch)."""
     outputs: list[torch.Tensor | None] = [None] * len(steps)
+    if not packed:
+        order = range(len(steps) - 1, -1, -1) if reverse else range(len(steps))
+        for t in order:
+            state = cell(steps[t], state, *weights, input_quantizer, x_projected)
+            outputs[t] = state[0]
+        return outputs, state
     if not reverse:
         finished: list[State] = []
         for t, x in enumerate(steps):
