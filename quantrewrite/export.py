@@ -42,6 +42,7 @@ from quantrewrite.export_io import BATCH, ExampleInputs, KeywordCall, batch_dyna
 from quantrewrite.export_report import ExportReport, TensorSpec
 from quantrewrite.export_verify import verify_export
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+from quantrewrite.placement.report import placement_report
 from quantrewrite.tensor_quant import AMAX_EPSILON, quant_bounds
 
 __all__ = ["ExportError", "ExportReport", "TensorSpec", "export_onnx", "export_problems", "quantize_for_export"]
@@ -456,6 +457,7 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...] | Mapping
             check(report)
             if fallback and used == "torchscript" and _failed_only_at_other_batch(report):
                 report = _retry_dynamo_for_batch(report, model, inputs, names, axes, notes, check)
+            report.placement = placement_report(report.path)  # where TensorRT runs int8, from the file
     finally:
         for module, training in modes.items():
             module.training = training

@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["ExportReport", "TensorSpec"]
 
@@ -54,6 +55,8 @@ class ExportReport:
         warnings: what is worth knowing but did not fail the export (a TorchScript failure retried with dynamo
             is one).
         groups: shared-range group -> its exported quantizers (one scale each group).
+        placement: where TensorRT runs int8 in the file and which Q/DQ pairs cannot fuse (a
+            ``quantrewrite.placement.report.PlacementReport``; None without verification).
     """
 
     path: str
@@ -75,6 +78,7 @@ class ExportReport:
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     groups: dict[str, list[str]] = field(default_factory=dict)
+    placement: Any = None
 
     def __str__(self) -> str:
         lines = [f"ONNX export {self.path} (opset {self.opset}, {self.exporter} exporter)"]
@@ -93,6 +97,8 @@ class ExportReport:
             at = f" at batch size {' and '.join(map(str, self.batch_sizes))}" if self.batch_sizes else ""
             lines.append(f"  onnxruntime vs PyTorch{at}: max |diff| {self.max_abs_diff:.3g} (tolerance "
                          f"{self.tolerance:.3g}), SQNR {self.sqnr_db:.1f} dB, cosine {self.cosine:.6f}")
+        if self.placement is not None:
+            lines += [f"  {line}" for line in self.placement.summary().splitlines()]
         lines += [f"  warning: {text}" for text in self.warnings]
         lines += [f"  FAILED: {text}" for text in self.failures]
         verdict = {None: "not verified", True: "passed", False: "FAILED"}[self.passed]

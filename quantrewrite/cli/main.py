@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from quantrewrite.cli.errors import CLIError, UsageError
+from quantrewrite.cli.placement import add_parser as add_placement_parser
 from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
 
 __all__ = ["build_parser", "main"]
@@ -23,6 +24,7 @@ EPILOG = """examples:
   quantrewrite quantize my_models.py:build_resnet --config my.yaml --calib calib.pt --method percentile \\
       --recipe resnet.recipe.yaml --onnx resnet.onnx
   quantrewrite validate my.yaml
+  quantrewrite placement model.onnx
 
 presets: int8_default, int8_max, w4a8, tensorrt, dla; run 'quantrewrite COMMAND --help' for more."""
 
@@ -131,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="The shipped digits CNN: plan, calibrate with max/entropy/percentile/mse, "
                        "int8 and w4a8 accuracy and SQNR, and a verified ONNX export of the best int8 model.")
     d.set_defaults(run=_command("commands", "run_demo"))
+    add_placement_parser(sub, common)
     return parser
 
 
