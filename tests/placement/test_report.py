@@ -8,11 +8,11 @@ import torch
 from torch import nn
 
 onnx = pytest.importorskip("onnx")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, helper, numpy_helper
 
-import quantrewrite as qr  # noqa: E402
-from quantrewrite.cli import main  # noqa: E402
-from quantrewrite.placement.report import placement_report  # noqa: E402
+import quantrewrite as qr
+from quantrewrite.cli import main
+from quantrewrite.placement.report import placement_report
 
 
 class Builder:
