@@ -1,8 +1,9 @@
 """Recipes: one human-readable YAML file that records a quantized model completely.
 
 A recipe holds the config the model was quantized with, every quantizer's resolved descriptor, whether it
-is enabled, its calibrated amax, its shared-range group (and the groups, by name), and the quantrewrite and
-torch versions. ``load_recipe`` rebuilds the same quantized model from a fresh float model.
+is enabled, its calibrated amax, its shared-range group (and the groups, by name), the quantrewrite and torch
+versions, and, after ``fallback``, what it left float and why (``fallback:``, kept as ``quant_fallback`` on the
+loaded model). ``load_recipe`` rebuilds the same quantized model from a fresh float model.
 
 Example:
     >>> save_recipe(qmodel, "resnet_int8.yaml")
@@ -73,6 +74,8 @@ def save_recipe(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "groups": {name: list(members) for name, members in plan.groups.items()},
         "quantizers": quantizers,
     }
+    if getattr(model, "quant_fallback", None) is not None:
+        recipe["fallback"] = model.quant_fallback
     path = Path(path)
     text = yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=120)
     _write_atomically(path, text)
@@ -177,4 +180,6 @@ def load_recipe(model: nn.Module, path: str | os.PathLike[str], *, inplace: bool
             quantizer.enable()
         else:
             quantizer.disable()
+    if data.get("fallback") is not None:
+        qmodel.quant_fallback = data["fallback"]
     return qmodel
