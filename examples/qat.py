@@ -51,12 +51,14 @@ def ptq(weights: str = "w4a8", learn_ranges: bool = False) -> nn.Module:
 
 
 def finetune(qmodel: nn.Module, epochs: int, *, lr: float = 3e-4, batch_size: int = 64, seed: int = 0,
-             after_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
+             samples: int | None = None, after_epoch: Callable[[int, nn.Module], None] | None = None) -> nn.Module:
     """A few epochs of QAT on the train split (Adam, cosine learning-rate decay, batch-norm statistics fixed).
 
-    ``after_epoch(epoch, qmodel)`` is called after each epoch (1-based), e.g. to evaluate.
+    ``samples`` limits the epoch to the first train images; ``after_epoch(epoch, qmodel)`` is called after
+    each epoch (1-based), e.g. to evaluate.
     """
     images, labels = digits_tensors("train")
+    images, labels = images[:samples], labels[:samples]
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(qmodel.parameters(), lr=lr)
     steps = epochs * ((len(images) + batch_size - 1) // batch_size)

@@ -36,13 +36,13 @@ from torch import nn
 from quantrewrite.output_metrics import MetricFn, resolve_metric
 from quantrewrite.sensitivity import (
     Measurement,
-    QuantizerSwitch,
     SensitivityReport,
     _pattern,
     _warn_uncalibrated,
     _yaml_scalar,
     measure_sensitivity,
     quantizer_groups,
+    switched,
 )
 
 __all__ = ["FallbackResult", "fallback"]
@@ -186,7 +186,7 @@ def fallback(qmodel: nn.Module, data: Iterable[Any], *, target: float, metric: s
     everything = [q for names in groups.values() for q in names]
     _warn_uncalibrated(qmodel, everything)
     budget = math.floor(max_float * len(groups) + 1e-9)
-    with QuantizerSwitch(qmodel, everything) as switch, torch.no_grad():
+    with switched(qmodel, everything) as switch, torch.no_grad():
         measure = Measurement(qmodel, data, metric, forward, switch, num_batches)
         earlier_passes = 0 if report is None else report.forward_passes
         if report is None:

@@ -43,14 +43,20 @@ _METHOD_STYLE = {  # method -> (colour, line style)
 }
 
 
-def _figure(width: float, height: float) -> Any:
+def _matplotlib() -> tuple[Any, Any]:
+    """matplotlib's Figure and Agg canvas classes, or an ImportError naming the extra."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError(f"plotting needs matplotlib, which is not installed: {PLOT_EXTRA_HINT}") from None
-    figure = Figure(figsize=(width, height), dpi=100, layout="constrained")
-    FigureCanvasAgg(figure)
+    return Figure, FigureCanvasAgg
+
+
+def _figure(width: float, height: float) -> Any:
+    figure_class, canvas_class = _matplotlib()
+    figure = figure_class(figsize=(width, height), dpi=100, layout="constrained")
+    canvas_class(figure)
     return figure
 
 
@@ -161,6 +167,7 @@ def plot_calibration(qmodel: nn.Module, names_or_patterns: str | Sequence[str], 
         ImportError: matplotlib is missing (install the ``plot`` extra).
         ValueError: nothing to draw, or the path is not a .png in an existing folder.
     """
+    _matplotlib()
     path = _png_path(path)
     chosen = _selected(qmodel, names_or_patterns)
     columns = max(1, min(columns, len(chosen)))
@@ -189,6 +196,7 @@ def plot_sensitivity(report: SensitivityReport, path: str | os.PathLike[str], *,
     For each layer: the metric with only it quantized and with only it left float; a vertical line marks
     the metric with everything quantized. Infinite values (an exact output) are drawn just past the others.
     """
+    _matplotlib()
     path = _png_path(path)
     rows = report.layers if top is None else report.worst(top)
     if not rows:

@@ -16,11 +16,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +31,8 @@ from torch import nn
 from quantrewrite.api import list_quantizers
 from quantrewrite.output_metrics import Metric, MetricFn, OutputRunner, resolve_metric
 
-__all__ = ["GRANULARITIES", "LayerSensitivity", "QuantizerSwitch", "SensitivityReport", "quantizer_groups", "quantizer_owners",
-           "sensitivity"]
+__all__ = ["GRANULARITIES", "LayerSensitivity", "QuantizerSwitch", "SensitivityReport", "quantizer_groups",
+           "quantizer_owners", "sensitivity", "switched"]
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def quantizer_groups(model: nn.Module, granularity: str = "layer") -> dict[str, 
 class QuantizerSwitch:
     """Turns a fixed set of quantizers on and off, and puts every quantizer back as it was on ``restore``.
 
-    Also holds the model in eval mode until ``restore``. Used as a context manager.
+    Also puts the model in eval mode until ``restore``. Use it through ``switched(model, names)``.
     """
 
     def __init__(self, model: nn.Module, names: Iterable[str]):
@@ -96,13 +97,7 @@ class QuantizerSwitch:
         self.names = list(names)
         self.original = {name: q.is_enabled for name, q in self.quantizers.items()}
         self.training = model.training
-
-    def __enter__(self) -> QuantizerSwitch:
-        self.model.eval()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.restore()
+        model.eval()
 
     def only(self, enabled: Iterable[str]) -> None:
         """Enable exactly ``enabled`` among the switched quantizers, disable the others."""
@@ -120,6 +115,16 @@ class QuantizerSwitch:
             self.quantizers[name].enable()
         else:
             self.quantizers[name].disable()
+
+
+@contextlib.contextmanager
+def switched(model: nn.Module, names: Iterable[str]) -> Iterator[QuantizerSwitch]:
+    """A QuantizerSwitch over ``names``, restored on exit whatever happened inside."""
+    switch = QuantizerSwitch(model, names)
+    try:
+        yield switch
+    finally:
+        switch.restore()
 
 
 @dataclass
@@ -312,7 +317,7 @@ def sensitivity(qmodel: nn.Module, data: Iterable[Any], *, metric: str | MetricF
         raise ValueError("sensitivity: the model has no enabled quantizer")
     everything = [q for names in groups.values() for q in names]
     _warn_uncalibrated(qmodel, everything)
-    with QuantizerSwitch(qmodel, everything) as switch, torch.no_grad():
+    with switched(qmodel, everything) as switch, torch.no_grad():
         measure = Measurement(qmodel, data, metric, forward, switch, num_batches)
         report = measure_sensitivity(measure, groups, granularity)
     logger.info("sensitivity: %d %ss, %d forward passes", len(groups), granularity, report.forward_passes)

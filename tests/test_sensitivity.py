@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 import yaml
@@ -115,7 +113,7 @@ def test_cosine_and_callable_metrics(digits):
 
 
 def test_forward_and_structured_outputs(digits):
-    model, qmodel, data = digits
+    _, qmodel, data = digits
     batches = [{"images": b, "scale": 2.0} for b in data]
 
     def forward(m, batch):
