@@ -115,6 +115,8 @@ def main() -> None:
     parser.add_argument("--method", default="entropy")
     parser.add_argument("--target", type=float, default=0.99, help="min per-sentence cosine to reach")
     parser.add_argument("--max-float", type=float, default=0.1)
+    parser.add_argument("--granularity", choices=("layer", "quantizer"), default="quantizer",
+                        help="what fallback leaves float and counts against --max-float (default: quantizer)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1: steadier on a busy machine)")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -143,20 +145,21 @@ def main() -> None:
     before_calib, before_test = cosines(qmodel, calib, ref_calib), cosines(qmodel, test, ref_test)
 
     start = time.perf_counter()
-    report = sensitivity(qmodel, calib, metric="min_cosine", forward=embed)
+    report = sensitivity(qmodel, calib, metric="min_cosine", forward=embed, granularity=args.granularity)
     sens_seconds = time.perf_counter() - start
     print(report, "", sep="\n")
 
     start = time.perf_counter()
     result = fallback(qmodel, calib, target=args.target, metric="min_cosine", forward=embed,
-                      max_float=args.max_float, report=report)
+                      max_float=args.max_float, granularity=args.granularity, report=report)
     search_seconds = time.perf_counter() - start
     after_calib, after_test = cosines(qmodel, calib, ref_calib), cosines(qmodel, test, ref_test)
     print(result, "", sep="\n")
 
     disabled = len(result.quantizers)
-    print(f"all-MiniLM-L6-v2, config {args.config}, calibration {args.method}: {len(quantizers)} quantizers in "
-          f"{result.layers} layers; {len(CALIB)} search/calibration sentences, {len(TEST)} held-out")
+    print(f"all-MiniLM-L6-v2, config {args.config}, calibration {args.method}: {len(quantizers)} quantizers, "
+          f"fallback per {args.granularity} ({result.layers}); {len(CALIB)} search/calibration sentences, "
+          f"{len(TEST)} held-out")
     rows = [("", "min cos (search)", "min cos (held-out)", "mean cos (held-out)", "float quantizers")]
     rows.append(("all quantized", f"{before_calib.min():.5f}", f"{before_test.min():.5f}",
                  f"{before_test.mean():.5f}", "0"))
@@ -170,9 +173,10 @@ def main() -> None:
             print("  ".join("-" * w for w in widths))
     passes = len(calib) * (2 + 2 * result.layers)
     print(f"\ncost: sensitivity {report.forward_passes} forward passes (= batches {len(calib)} x (2 + 2 x "
-          f"{result.layers} layers) = {passes}), fallback search {result.forward_passes - report.forward_passes} "
-          f"more; time / one quantized pass: sensitivity {sens_seconds / quant_pass:.0f}x, fallback search "
-          f"{search_seconds / quant_pass:.0f}x (one quantized pass = {quant_pass / fp32_pass:.1f}x an fp32 pass)")
+          f"{result.layers} {args.granularity}s) = {passes}), fallback search "
+          f"{result.forward_passes - report.forward_passes} more; time / one quantized pass: sensitivity "
+          f"{sens_seconds / quant_pass:.0f}x, fallback search {search_seconds / quant_pass:.0f}x (one quantized "
+          f"pass = {quant_pass / fp32_pass:.1f}x an fp32 pass)")
 
 
 if __name__ == "__main__":
