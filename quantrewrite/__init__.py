@@ -130,8 +130,8 @@ def __dir__() -> list[str]:
 
 class _Package(types.ModuleType):
     """The package module. Importing a submodule binds it as an attribute of the package; two submodules,
-    ``plan``, ``calibration`` and ``sensitivity``, share their names with public functions, which must win (as they did when
-    everything was imported eagerly, the functions last)."""
+    ``plan``, ``calibration`` and ``sensitivity``, share their names with public functions, which must win (as
+    they did when everything was imported eagerly, the functions last)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
         if name in _EXPORTS and isinstance(value, types.ModuleType):
