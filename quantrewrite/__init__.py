@@ -129,7 +129,7 @@ def __dir__() -> list[str]:
 
 
 class _Package(types.ModuleType):
-    """The package module. Importing a submodule binds it as an attribute of the package; two submodules,
+    """The package module. Importing a submodule binds it as an attribute of the package; three submodules,
     ``plan``, ``calibration`` and ``sensitivity``, share their names with public functions, which must win (as
     they did when everything was imported eagerly, the functions last)."""
 
