@@ -43,27 +43,67 @@ def _check_onnx_available() -> None:
 
 
 def _example_input(args: argparse.Namespace, batches: list[Any]) -> Any:
-    if args.input_shape is None:
+    """The export's example: the first calibration batch, or seeded normal tensors of the --input-shape(s)."""
+    if not args.input_shape:
         return batches[0]
     generator = torch.Generator().manual_seed(0)
-    return torch.randn(parse_shape(args.input_shape, "--input-shape"), generator=generator)
+    dtype = getattr(torch, args.dtype)
+    tensors = tuple(torch.randn(parse_shape(text, "--input-shape"), generator=generator).to(dtype)
+                    for text in args.input_shape)
+    return tensors[0] if len(tensors) == 1 else tensors
+
+
+def _untraced_lines(plan: Any) -> list[str]:
+    """The scopes FX could not trace, and what stays float because of them (as ``plan`` lists them)."""
+    scopes = [entry for entry in plan.entries if entry.kind == "scope"]
+    if not scopes:
+        return []
+    lines = [f"untraced scopes: {len(scopes)} (FX tracing failed there; their modules are still swapped)"]
+    for scope in scopes:
+        lines.append(f"  {scope.name or '<root>'} ({scope.target}): {scope.reason}")
+        prefix = f"{scope.name}." if scope.name else ""
+        floats = [entry for entry in plan.entries if entry.runtime and not entry.quantized
+                  and entry.name.startswith(prefix)]
+        if floats:
+            lines.append("    stays float: " + ", ".join(f"{entry.name} ({entry.reason})" for entry in floats))
+    return lines
+
+
+def _export(qmodel: Any, example: Any, args: argparse.Namespace) -> str:
+    """Export to --onnx and check it; a file that fails the check is moved to OUT.failed.onnx."""
+    from quantrewrite.export import ExportError, export_onnx
+
+    path = Path(args.onnx)
+    failed = path.with_name(f"{path.stem}.failed{path.suffix or '.onnx'}")
+    failed.unlink(missing_ok=True)  # a stale failed file from an earlier run would mislead
+    try:
+        report = export_onnx(qmodel, example, path, input_names=args.input_names, output_names=args.output_names,
+                             dynamic_axes=None if args.static_batch else "batch", opset=args.opset,
+                             tolerance_steps=args.tolerance_steps, verify=True)
+    except ExportError as error:
+        if error.report is None or not path.exists():
+            raise
+        path.replace(failed)
+        _out(str(error.report))
+        hint = "; only the bound failed: --tolerance-steps raises it" if "raise tolerance_steps" in str(error) else ""
+        raise CLIError(f"--onnx: the exported file failed verification (report above): kept as {failed} for "
+                       f"inspection, {path} not written{hint}") from error
+    return str(report)
 
 
 def run_quantize(args: argparse.Namespace) -> int:
     """``quantrewrite quantize MODEL --config C --calib DATA ...``: quantize, calibrate, write recipe (and ONNX)."""
-    if args.input_shape is not None:
-        parse_shape(args.input_shape, "--input-shape")
+    for text in args.input_shape or ():
+        parse_shape(text, "--input-shape")
     if args.onnx is not None:
         _check_onnx_available()
     load_config(args.config)
     model = load_model(args.model)
-    batches = load_batches(args.calib, args.batch_size, args.num_batches)
+    batches = load_batches(args.calib, args.batch_size, args.num_batches, dtype=getattr(torch, args.dtype))
     check_model_accepts(model, batches[0], f"the first batch of {args.calib}")
     example = _example_input(args, batches)
-    if args.input_shape is not None:
+    if args.input_shape:
         check_model_accepts(model, example, "--input-shape")
-    if args.onnx is not None and isinstance(example, dict):
-        raise CLIError("--onnx: the example input is a dict of tensors; give --input-shape or tensor batches")
     recipe_path = Path(args.recipe or f"{args.model.rpartition(':')[2].replace('.', '_')}.recipe.yaml")
     for option, path in (("--recipe", recipe_path), ("--onnx", args.onnx)):
         if path is not None and not Path(path).resolve().parent.is_dir():
@@ -72,7 +112,8 @@ def run_quantize(args: argparse.Namespace) -> int:
     qmodel = quantize_model(model, args.config, strict=args.strict)
     counts = qmodel.quant_plan.counts()
     _out(f"quantized {counts['modules quantized']} modules and {counts['ops quantized']} ops "
-         f"({counts['quantizers']} quantizers, config: {qmodel.quant_plan.config_source})")
+         f"({counts['quantizers']} quantizers, config: {qmodel.quant_plan.config_source})",
+         *_untraced_lines(qmodel.quant_plan))
     result = calibrate(qmodel, batches, method=args.method, percentile=args.percentile,
                        num_batches=args.num_batches, progress=True)
     _out(f"calibrated {len(result.calibrated)} quantizers on {result.batches} batches in {result.seconds:.1f} s "
@@ -82,9 +123,7 @@ def run_quantize(args: argparse.Namespace) -> int:
 
     _out(f"recipe: {save_recipe(qmodel, recipe_path)}")
     if args.onnx is not None:
-        from quantrewrite.export import export_onnx
-
-        _out(str(export_onnx(qmodel, example, args.onnx, verify=True)))
+        _out(_export(qmodel, example, args))
     return 0
 
 

@@ -154,13 +154,15 @@ def _load_file(path: Path, batch_size: int | None) -> list[Any]:
                    "dim 0) or a list of batches")
 
 
-def load_batches(spec: str, batch_size: int | None = None, num_batches: int | None = None) -> list[Any]:
+def load_batches(spec: str, batch_size: int | None = None, num_batches: int | None = None,
+                 dtype: torch.dtype = torch.float32) -> list[Any]:
     """The calibration batches ``spec`` names.
 
     ``spec``: a ``.pt`` file (``torch.load(weights_only=True)``) holding one tensor, split along dim 0 into
     batches of ``batch_size`` (default 32), or a list of batches (tensors, tuples or dicts of tensors);
     ``digits``: the shipped 8x8 digits (train split) shaped (N, 1, 8, 8) for DigitsCNN, batches of
-    ``batch_size`` (default 64); ``random:SHAPE``: ``num_batches`` (default 4) seeded normal batches of SHAPE.
+    ``batch_size`` (default 64); ``random:SHAPE``: ``num_batches`` (default 4) seeded normal batches of SHAPE,
+    of ``dtype``.
     """
     if spec == "digits":
         from quantrewrite.demo_model import digits_batches
@@ -171,7 +173,8 @@ def load_batches(spec: str, batch_size: int | None = None, num_batches: int | No
         if batch_size is not None:
             raise UsageError("--batch-size: random:SHAPE batches have the batch size SHAPE starts with")
         generator = torch.Generator().manual_seed(SEED)
-        return [torch.randn(shape, generator=generator) for _ in range(num_batches or DEFAULT_RANDOM_BATCHES)]
+        return [torch.randn(shape, generator=generator).to(dtype)
+                for _ in range(num_batches or DEFAULT_RANDOM_BATCHES)]
     return _load_file(Path(spec), batch_size)
 
 

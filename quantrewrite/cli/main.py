@@ -16,6 +16,7 @@ from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
 __all__ = ["build_parser", "main"]
 
 PROG = "quantrewrite"
+DTYPES = ("float32", "float16", "bfloat16")  # --dtype: torch dtypes by name (no torch import here)
 
 MODEL_HELP = ("the float model: 'package.module:factory' or 'path/to/file.py:factory'; factory() is called "
               "without arguments and must return a torch.nn.Module")
@@ -56,6 +57,33 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
+    return value
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",")]
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
+    return names
+
+
+def _opset(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int >= 13, got {text!r}") from None
+    if value < 13:
+        raise argparse.ArgumentTypeError(f"expected an int >= 13 (per-axis QuantizeLinear), got {value}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
 
 
@@ -115,10 +143,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibrate on the first N batches (random:SHAPE: make N batches, default 4)")
     q.add_argument("--recipe", metavar="OUT.yaml", help="where to write the recipe (default: FACTORY.recipe.yaml)")
     q.add_argument("--onnx", metavar="OUT.onnx",
-                   help="also export ONNX with Q/DQ pairs and check it against onnxruntime (needs the onnx extra)")
-    q.add_argument("--input-shape", metavar="SHAPE",
-                   help="example input for the export, e.g. 1x3x224x224 (seeded normal values; default: the "
-                   "first calibration batch)")
+                   help="also export ONNX with Q/DQ pairs and check it against onnxruntime (needs the onnx extra); "
+                   "a file that fails the check is kept as OUT.failed.onnx, never as OUT.onnx")
+    q.add_argument("--input-shape", metavar="SHAPE", action="append",
+                   help="example input for the export, e.g. 1x3x224x224 (seeded normal values; default: the first "
+                   "calibration batch); repeat it for a model with several inputs, in forward's order")
+    q.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="element type of random data: random:SHAPE batches and --input-shape (default: float32; "
+                   "float16 for half-precision models)")
+    q.add_argument("--static-batch", action="store_true",
+                   help="--onnx: keep the example's batch size fixed (default: dim 0 of every input and output is "
+                   "a dynamic 'batch', checked at a second batch size)")
+    q.add_argument("--input-names", metavar="A,B", type=_names,
+                   help="--onnx: graph input names (default: forward's parameter names)")
+    q.add_argument("--output-names", metavar="A,B", type=_names,
+                   help="--onnx: graph output names (default: a returned dict's keys, else output, output_0, ...)")
+    q.add_argument("--opset", type=_opset, default=None, metavar="N",
+                   help="--onnx: the ai.onnx opset (default 17; a model the TorchScript exporter cannot write is "
+                   "retried with the dynamo exporter at opset >= 18)")
+    q.add_argument("--tolerance-steps", type=_non_negative, default=4.0, metavar="S",
+                   help="--onnx: how far onnxruntime may be from PyTorch, in 8-bit steps of each output's range "
+                   "(default: 4)")
     q.add_argument("--strict", action="store_true",
                    help="fail on scopes that do not trace and on config patterns that match nothing")
     q.set_defaults(run=_command("commands", "run_quantize"))
