@@ -50,6 +50,8 @@ class ExportReport:
         sqnr_db: 10 log10(sum ref^2 / sum (ref - onnx)^2) over all outputs; inf when they are identical.
         cosine: cosine similarity of all outputs, flattened.
         batch_sizes: the batch sizes onnxruntime was checked at (two with a dynamic batch).
+        flip_spread: max |PyTorch with ONNX's rounding arithmetic - PyTorch| over the outputs: how far rounding
+            flips alone move this model's outputs on the example (``export_flips``); the bound includes twice it.
         passed: True when every check passed; None when verify=False.
         failures: what failed.
         warnings: what is worth knowing but did not fail the export (a TorchScript failure retried with dynamo
@@ -74,6 +76,7 @@ class ExportReport:
     sqnr_db: float | None = None
     cosine: float | None = None
     batch_sizes: list[int] = field(default_factory=list)
+    flip_spread: float | None = None
     passed: bool | None = None
     failures: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -97,6 +100,8 @@ class ExportReport:
             at = f" at batch size {' and '.join(map(str, self.batch_sizes))}" if self.batch_sizes else ""
             lines.append(f"  onnxruntime vs PyTorch{at}: max |diff| {self.max_abs_diff:.3g} (tolerance "
                          f"{self.tolerance:.3g}), SQNR {self.sqnr_db:.1f} dB, cosine {self.cosine:.6f}")
+            if self.flip_spread:
+                lines.append(f"  flip spread (PyTorch with ONNX's rounding x/scale vs PyTorch): {self.flip_spread:.3g}")
         if self.placement is not None:
             lines += [f"  {line}" for line in self.placement.summary().splitlines()]
         lines += [f"  warning: {text}" for text in self.warnings]

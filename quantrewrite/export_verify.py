@@ -18,8 +18,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from quantrewrite.export_flips import FLIP_FACTOR, flip_spread
 from quantrewrite.export_io import ExampleInputs, tensor_leaves, with_other_batch
 from quantrewrite.export_report import ExportReport, TensorSpec
+from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 from quantrewrite.tensor_quant import AMAX_EPSILON
 
 __all__ = ["OutputComparison", "compare_outputs", "count_qdq_pairs", "graph_io", "load_checked", "run_onnxruntime",
@@ -171,11 +173,13 @@ class OutputComparison:
 
 
 def compare_outputs(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarray], tolerance_steps: float = 4.0,
-                    atol: float | None = None) -> OutputComparison:
-    """Hold each output to ``max |onnx - ref| <= tolerance_steps * max |ref| / 127 + 2^-24`` (or ``<= atol``).
+                    atol: float | None = None, spread: Sequence[float] | None = None) -> OutputComparison:
+    """Hold each output to ``max |onnx - ref| <= tolerance_steps * max |ref| / 127 + 2^-24 + 2 * spread``
+    (or ``<= atol``).
 
     The bound is ``tolerance_steps`` steps of an 8-bit grid spanning the reference output; 2^-24 (the smallest
-    amax that quantizes to anything) is the floor for outputs that are all about 0.
+    amax that quantizes to anything) is the floor for outputs that are all about 0; ``spread`` (one value per
+    output, see ``export_flips``) is the measured flip spread of the model on this input, 0 when not given.
     """
     failures: list[str] = []
     if len(reference) != len(outputs):
@@ -191,8 +195,10 @@ def compare_outputs(reference: Sequence[np.ndarray], outputs: Sequence[np.ndarra
         if atol is not None:
             tolerance, rule = atol, ""
         else:
-            tolerance = tolerance_steps * float(np.max(np.abs(ref), initial=0.0)) / 127.0 + AMAX_EPSILON
-            rule = f" ({tolerance_steps:g} steps of max|output|/127 + 2^-24)"
+            flips = FLIP_FACTOR * spread[index] if spread is not None and index < len(spread) else 0.0
+            tolerance = tolerance_steps * float(np.max(np.abs(ref), initial=0.0)) / 127.0 + AMAX_EPSILON + flips
+            rule = f" ({tolerance_steps:g} steps of max|output|/127 + 2^-24"
+            rule += f" + {FLIP_FACTOR:g} x flip spread {spread[index]:.3g})" if flips else ")"
         ratio = diff / tolerance if diff <= tolerance and tolerance > 0 else (0.0 if diff <= tolerance else math.inf)
         if ratio > worst[0]:
             worst = (ratio, diff, tolerance)
@@ -230,7 +236,8 @@ def _batch_size(inputs: ExampleInputs) -> int | None:
 
 
 def _compare_on(report: ExportReport, reference: list[np.ndarray], feed: Mapping[str, np.ndarray],
-                tolerance_steps: float, atol: float | None, label: str) -> OutputComparison | None:
+                tolerance_steps: float, atol: float | None, label: str, spread: list[float] | None
+                ) -> OutputComparison | None:
     try:
         outputs = run_onnxruntime(report.path, feed)
     except ValueError as error:
@@ -239,7 +246,7 @@ def _compare_on(report: ExportReport, reference: list[np.ndarray], feed: Mapping
     except Exception as error:  # noqa: BLE001 - onnxruntime's own errors (a shape the file cannot take)
         report.failures.append(f"{label}onnxruntime failed: {type(error).__name__}: {str(error).strip()[:300]}")
         return None
-    comparison = compare_outputs(reference, outputs, tolerance_steps, atol)
+    comparison = compare_outputs(reference, outputs, tolerance_steps, atol, spread)
     report.failures += [f"{label}{failure}" for failure in comparison.failures]
     return comparison
 
@@ -252,7 +259,8 @@ def _closeness(comparison: OutputComparison) -> float:
 
 def verify_export(report: ExportReport, model: nn.Module, inputs: ExampleInputs, outputs: Any,
                   input_names: Sequence[str], distinct_calls: int, *, tolerance_steps: float = 4.0,
-                  atol: float | None = None, other_batch: bool = False) -> None:
+                  atol: float | None = None, other_batch: bool = False,
+                  quantizers: Mapping[str, TensorQuantizer] | None = None) -> None:
     """Check the file ``report`` describes and fill the report's verification fields (see ``export_onnx``).
 
     Args:
@@ -265,6 +273,8 @@ def verify_export(report: ExportReport, model: nn.Module, inputs: ExampleInputs,
         distinct_calls: quantizer calls that differ in input or grid (the least number of pairs expected).
         tolerance_steps, atol: the bound (see ``compare_outputs``).
         other_batch: the batch dimension is dynamic: also compare at twice the example's batch size.
+        quantizers: the quantizers the example reaches; when given (and no ``atol``), each bound is widened by
+            twice the model's measured flip spread (``export_flips``).
     """
     proto, report.opset = load_checked(report.path)
     report.inputs, report.outputs = graph_io(proto.graph)
@@ -288,8 +298,11 @@ def verify_export(report: ExportReport, model: nn.Module, inputs: ExampleInputs,
         label = f"at batch size {batch}: " if other_batch else ""
         if batch is not None:
             report.batch_sizes.append(batch)
+        spread = flip_spread(model, example, quantizers, reference) if quantizers and atol is None else None
+        if spread is not None:
+            report.flip_spread = max([report.flip_spread or 0.0, *spread])
         comparison = _compare_on(report, _arrays(reference), _feed(example, input_names), tolerance_steps, atol,
-                                 label)
+                                 label, spread)
         if comparison is not None:
             comparisons.append(comparison)
     if comparisons:  # the run closest to (or furthest past) its bound
