@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import functools
 import logging
@@ -50,6 +51,10 @@ __all__ = ["ExportError", "ExportReport", "TensorSpec", "export_onnx", "export_p
 logger = logging.getLogger(__name__)
 
 EXPORTERS = ("torchscript", "dynamo")
+# True while export_onnx runs the dynamo exporter with its translations of the quantized_decomposed ops. A direct
+# torch.onnx.export call has no such table: quantizers then emit torch's fake_quantize ops, which its own
+# translation writes as QuantizeLinear/DequantizeLinear (static shapes).
+_DYNAMO_QDQ: contextvars.ContextVar[bool] = contextvars.ContextVar("quantrewrite_dynamo_qdq", default=False)
 DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter implements opset 18 and later
 _TORCHSCRIPT_DEPRECATIONS = (r"You are using the legacy TorchScript-based ONNX export",
@@ -153,7 +158,7 @@ def quantize_for_export(quantizer: TensorQuantizer, inputs: torch.Tensor) -> tor
     min_bound, max_bound = quant_bounds(8, quantizer.unsigned, narrow_range=False)
     scale = amax / max_bound
     per_tensor = amax.dim() == 0 or quantizer.axis is None
-    if not torch.jit.is_tracing():  # the torch.export-based exporter (see export_dynamo)
+    if not torch.jit.is_tracing() and _DYNAMO_QDQ.get():  # export_onnx's dynamo run (see export_dynamo)
         scale = scale.reshape(()) if per_tensor else scale.reshape(-1)
         axis = None if per_tensor else quantizer.axis[0] % x.dim()
         out = dynamo_qdq(x, scale, axis, int(min_bound), int(max_bound), quantizer.unsigned)
@@ -229,6 +234,15 @@ def _run_exporter(model: nn.Module, inputs: ExampleInputs, path: str, exporter: 
         options.update(dynamo=False, do_constant_folding=True)
     else:
         options.update(dynamo=True, verbose=False, custom_translation_table=translations())
+    token = _DYNAMO_QDQ.set(exporter == "dynamo")
+    try:
+        return _export_file(target, args, path, exporter, options)
+    finally:
+        _DYNAMO_QDQ.reset(token)
+
+
+def _export_file(target: Any, args: Any, path: str, exporter: str, options: dict[str, Any]) -> list[str]:
+    """One torch.onnx.export call; returns the tracer warnings it raised, one line each."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for pattern in _TORCHSCRIPT_DEPRECATIONS:

@@ -49,6 +49,17 @@ FACTORY = textwrap.dedent('''
             return self.head(self.inner(x))
 
 
+    class BranchyMatmul(nn.Module):  # untraced, with a matmul before the branch
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self.w = nn.Parameter(torch.randn(4, 4))
+
+        def forward(self, x):
+            y = torch.matmul(self.fc(x), self.w)
+            return y * 2 if y.sum() > 0 else y
+
+
     class WrongInTrace(nn.Module):  # exports something else than it computes: the check must fail
         def __init__(self):
             super().__init__()
@@ -67,6 +78,11 @@ FACTORY = textwrap.dedent('''
     def with_branchy():
         torch.manual_seed(0)
         return WithBranchy()
+
+
+    def branchy_matmul():
+        torch.manual_seed(0)
+        return nn.Sequential(BranchyMatmul(), nn.Linear(4, 2))
 
 
     def wrong_in_trace():
@@ -150,6 +166,17 @@ def test_untraced_scopes_are_printed(files, capsys):
     assert code == 0, err
     assert "untraced scopes: " in out
     assert "  inner (Branchy): not traced" in out
+
+
+def test_ops_inside_untraced_scopes_are_quantized(files, capsys):
+    # quantize hands the first calibration batch to quantize_model as example_inputs: the matmul inside the
+    # untraced scope gets its run-time quantizers, is calibrated, and nothing is reported as staying float.
+    code, out, err = run(capsys, "quantize", files / "models.py:branchy_matmul", "-c", "int8_max", "--calib",
+                         "random:4x4", "--recipe", files / "r.yaml", "--onnx", files / "m.onnx")
+    assert code == 0, err
+    assert "  0 (BranchyMatmul): not traced" in out and "stays float" not in out
+    assert "0.matmul_input_quantizer" in out and "0.matmul_input1_quantizer" in out
+    assert "verification: passed" in out
 
 
 @pytest.mark.parametrize("flag,value", [("--tolerance-steps", "-1"), ("--opset", "12"), ("--dtype", "int8"),

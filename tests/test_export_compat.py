@@ -145,3 +145,19 @@ def test_direct_torch_onnx_export_with_and_without_enable_onnx_export(tmp_path):
         outputs.append(run_onnx(path, x))
     np.testing.assert_array_equal(outputs[0], outputs[1])
     np.testing.assert_allclose(outputs[0], model(x).detach().numpy(), rtol=0, atol=1e-5)
+
+
+def test_direct_torch_onnx_export_with_torchs_default_exporter(tmp_path):
+    # torch.onnx.export's default (dynamo) exporter, called directly, has none of export_onnx's translations:
+    # the quantizers must then emit ops it can write (regression: quantized_decomposed ops had no ONNX function).
+    pytest.importorskip("onnxscript")
+    torch.manual_seed(0)
+    x = torch.randn(3, 4)
+    model = calibrated(nn.Sequential(QuantLinear(4, 3), nn.ReLU(), QuantLinear(3, 2)), x)
+    path = str(tmp_path / "direct_dynamo.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(model, (x,), opset_version=18)
+    program.save(path)
+    assert [n.op_type for n in nodes(path)].count("QuantizeLinear") == 4
+    np.testing.assert_allclose(run_onnx(path, x), model(x).detach().numpy(), rtol=0, atol=1e-5)

@@ -109,7 +109,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         if path is not None and not Path(path).resolve().parent.is_dir():
             raise CLIError(f"{option}: the folder of {path} does not exist")
 
-    qmodel = quantize_model(model, args.config, strict=args.strict)
+    # the first batch doubles as example_inputs: functional ops inside scopes FX cannot trace get quantizers
+    qmodel = quantize_model(model, args.config, example_inputs=batches[0], strict=args.strict)
     counts = qmodel.quant_plan.counts()
     _out(f"quantized {counts['modules quantized']} modules and {counts['ops quantized']} ops "
          f"({counts['quantizers']} quantizers, config: {qmodel.quant_plan.config_source})",

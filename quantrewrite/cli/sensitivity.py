@@ -90,7 +90,7 @@ def run_sensitivity(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     batches = load_batches(args.calib, args.batch_size, args.num_batches)
     check_model_accepts(model, batches[0], f"the first batch of {args.calib}")
-    qmodel = quantize_model(model, args.config)
+    qmodel = quantize_model(model, args.config, example_inputs=batches[0])
     result = calibrate(qmodel, batches, method=args.method, num_batches=args.num_batches, progress=True)
     print(f"calibrated {len(result.calibrated)} quantizers on {result.batches} batches (method {result.method})")
     report = sensitivity(qmodel, batches, metric=args.metric, granularity=args.granularity,
