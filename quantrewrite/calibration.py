@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +27,7 @@ from quantrewrite import calib, range_search
 from quantrewrite.calib import distributed, groups
 from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+from quantrewrite.output_metrics import feed_batch
 
 __all__ = ["AUTO_SCORE_BATCHES", "CALIB_METHODS", "DEFAULT_METHOD", "HISTOGRAM_METHODS", "CalibrationResult",
            "calibrate", "calibration", "load_calib_amax"]
@@ -143,24 +144,13 @@ def load_calib_amax(model: nn.Module, method: str = DEFAULT_METHOD, *, percentil
             amax = quantizer.load_calib_amax(strict=False)
         (result.calibrated if amax is not None else result.no_data).append(name)
     if searched and data is not None:
-        result.choices = range_search.search_ranges(model, searched, data, forward or _feed)
+        result.choices = range_search.search_ranges(model, searched, data, forward or feed_batch)
     elif searched:
         result.choices = range_search.histogram_only(searched)
     if result.no_data:
         warnings.warn(f"{len(result.no_data)} quantizer(s) saw no calibration data and keep their amax "
                       f"(dynamic if never set): {', '.join(result.no_data)}", UserWarning, stacklevel=2)
     return result
-
-
-def _feed(model: nn.Module, batch: Any) -> Any:
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, Mapping):
-        return model(**batch)
-    if isinstance(batch, (tuple, list)):
-        return model(*batch)
-    raise TypeError(f"a calibration batch must be a tensor, a tuple/list or a dict; got {type(batch).__name__}. "
-                    "Pass forward=lambda model, batch: ... to feed other batch types")
 
 
 def _progress(data: Iterable[Any], total: int | None, enabled: bool) -> Iterable[Any]:
@@ -198,7 +188,7 @@ def calibrate(model: nn.Module, data: Iterable[Any], *, forward: Callable[[nn.Mo
     if num_batches is not None and num_batches < 1:
         raise ValueError(f"num_batches: expected an int >= 1 or None, got {num_batches!r}")
     start = time.perf_counter()
-    feed = forward or _feed
+    feed = forward or feed_batch
     total = num_batches if num_batches is not None else (len(data) if hasattr(data, "__len__") else None)
     was_training = model.training
     model.eval()
