@@ -7,6 +7,7 @@ at module level. ``install()`` puts minimal modules into ``sys.modules`` unless 
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import sys
 import types
 
@@ -42,6 +43,7 @@ def _batched_nms(boxes, scores, idxs, iou_threshold):
 
 def _module(name: str, **attrs) -> types.ModuleType:
     module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None)  # importlib.util.find_spec reads it
     module.__dict__.update(attrs)
     module.__stub__ = True
     return module
