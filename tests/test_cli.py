@@ -291,3 +291,16 @@ def test_unknown_option_of_a_subcommand_points_to_its_help(files, capsys):
     code, _, err = run(capsys, "quantise")
     assert code == 2
     assert_one_error_line(err, "invalid choice")
+
+
+def test_int_arguments_name_their_bound():
+    import argparse
+
+    from quantrewrite.cli.arg_types import int_at_least
+
+    parse = int_at_least(13, " (per-axis QuantizeLinear)")
+    assert parse("13") == 13
+    with pytest.raises(argparse.ArgumentTypeError, match=r"expected an int >= 13 \(per-axis QuantizeLinear\), got 12"):
+        parse("12")
+    with pytest.raises(argparse.ArgumentTypeError, match="expected an int >= 13, got 'x'"):
+        parse("x")

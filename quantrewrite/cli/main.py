@@ -9,6 +9,7 @@ import warnings
 from collections.abc import Callable, Sequence
 
 from quantrewrite.cli import sensitivity as sensitivity_cli
+from quantrewrite.cli.arg_types import int_at_least
 from quantrewrite.cli.errors import CLIError, UsageError
 from quantrewrite.cli.placement import add_parser as add_placement_parser
 from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
@@ -50,14 +51,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {value}")
-    return value
+_positive_int = int_at_least(1)
+_opset = int_at_least(13, " (per-axis QuantizeLinear)")
 
 
 def _names(text: str) -> list[str]:
@@ -65,16 +60,6 @@ def _names(text: str) -> list[str]:
     if not all(names):
         raise argparse.ArgumentTypeError(f"expected comma-separated names, got {text!r}")
     return names
-
-
-def _opset(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 13, got {text!r}") from None
-    if value < 13:
-        raise argparse.ArgumentTypeError(f"expected an int >= 13 (per-axis QuantizeLinear), got {value}")
-    return value
 
 
 def _non_negative(text: str) -> float:

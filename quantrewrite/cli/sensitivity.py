@@ -10,6 +10,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from quantrewrite.cli.arg_types import int_at_least
 from quantrewrite.cli.errors import CLIError
 from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
 
@@ -22,14 +23,7 @@ METRIC_CHOICES = ("cosine", "min_cosine", "sqnr")
 GRANULARITY_CHOICES = ("layer", "quantizer")
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an int >= 0, got {value}")
-    return value
+_count = int_at_least(0)
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser, model_help: str, positive_int: Callable[[str], int],
