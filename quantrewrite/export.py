@@ -38,9 +38,10 @@ import torch
 from torch import nn
 
 from quantrewrite.export_dynamo import dynamo_qdq, translations
-from quantrewrite.export_fp8 import FP8_MIN_OPSET, fp8_qdq
+from quantrewrite.export_fp8 import fp8_qdq
 from quantrewrite.export_io import BATCH, ExampleInputs, KeywordCall, batch_dynamic_axes, bind_example, output_names_of
 from quantrewrite.export_report import ExportReport, TensorSpec
+from quantrewrite.export_rules import emits, export_problems, problems_message, quantizer_problems
 from quantrewrite.export_verify import verify_export
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 from quantrewrite.placement.report import placement_report
@@ -77,51 +78,6 @@ class ExportError(ValueError):
 
 
 # ----------------------------------------------------------------------------------------- the quantizer side
-def _emits(quantizer: TensorQuantizer) -> bool:
-    return quantizer.is_enabled and quantizer.is_quant_enabled
-
-
-def _quantizer_problems(quantizer: TensorQuantizer) -> list[str]:
-    """Why this (enabled, quantizing) quantizer cannot become a standard int8/uint8 Q/DQ pair."""
-    problems = []
-    desc = quantizer.quant_desc
-    if desc.is_fp8:
-        pass  # float8e4m3fn Q/DQ (export_fp8.py): opset >= 19, checked by export_onnx and the exporter
-    elif desc.num_bits != 8:
-        problems.append(f"num_bits={desc.num_bits}: ONNX Q/DQ up to opset 20 is 8-bit only: disable it or use "
-                        "num_bits: 8")
-    if desc.narrow_range and not desc.unsigned and not desc.is_fp8:
-        problems.append("narrow_range=True: torch's exporters accept only the full range (-128, 127): set "
-                        "narrow_range: false")
-    if not desc.fake_quant:
-        problems.append("fake_quant=False (integer outputs) has no Q/DQ form: use a fake-quant descriptor")
-    if desc.axis is not None and len(desc.axis) > 1:
-        problems.append(f"axis={desc.axis}: ONNX per-axis scales follow one axis only")
-    clip_amax = quantizer.is_clip_enabled and hasattr(quantizer, "clip")
-    if quantizer.amax is None and not clip_amax:
-        problems.append("amax is None (uncalibrated, or a dynamic range): calibrate first or disable it")
-    if quantizer.is_calib_enabled:
-        problems.append("calibration is still on: finish calibration (load_calib_amax) first")
-    return problems
-
-
-def export_problems(model: nn.Module) -> dict[str, list[str]]:
-    """Every enabled quantizer of ``model`` that cannot be exported, with the reasons; empty when all can."""
-    found = {}
-    for name, module in model.named_modules():
-        if isinstance(module, TensorQuantizer) and _emits(module):
-            problems = _quantizer_problems(module)
-            if problems:
-                found[name or "<root>"] = problems
-    return found
-
-
-def _problems_message(problems: Mapping[str, list[str]]) -> str:
-    lines = [f"cannot export {len(problems)} quantizer(s) as ONNX QuantizeLinear/DequantizeLinear:"]
-    lines += [f"  {name}: {reason}" for name, reasons in problems.items() for reason in reasons]
-    return "\n".join(lines)
-
-
 def quantize_for_export(quantizer: TensorQuantizer, inputs: torch.Tensor) -> torch.Tensor:
     """The quantizer's fake quantization written with torch's fake-quantize ops, which the ONNX exporters turn
     into QuantizeLinear/DequantizeLinear: scale = amax / max_bound (float32 true division), zero point 0,
@@ -136,10 +92,10 @@ def quantize_for_export(quantizer: TensorQuantizer, inputs: torch.Tensor) -> tor
     0 < amax <= 2^-24, where PyTorch returns 0, the exported pair returns at most 128/127 * amax (< 6e-8)
     in magnitude. ``export_onnx`` warns about both (TensorRT wants positive scales).
     """
-    problems = _quantizer_problems(quantizer)
+    problems = quantizer_problems(quantizer)
     if problems:  # torch.onnx.export called directly: the quantizer's name is unknown here
         label = f"TensorQuantizer({quantizer.quant_desc})"  # not extra_repr: it reads amax (tracer warnings)
-        raise ExportError(_problems_message({label: problems}), {label: problems})
+        raise ExportError(problems_message({label: problems}), {label: problems})
     if quantizer.is_clip_enabled and hasattr(quantizer, "clip"):
         low, high = quantizer.clip.clip_value_min, quantizer.clip.clip_value_max
         if torch.jit.is_tracing():  # the TorchScript exporter does not fold Max: read the bounds as constants
@@ -439,26 +395,21 @@ def export_onnx(model: nn.Module, args: torch.Tensor | tuple[Any, ...] | Mapping
     inputs = bind_example(model, args, kwargs)
     path = os.fspath(path)
     quantizers = {name or "<root>": m for name, m in model.named_modules() if isinstance(m, TensorQuantizer)}
-    emitting = {name: q for name, q in quantizers.items() if _emits(q)}
+    emitting = {name: q for name, q in quantizers.items() if emits(q)}
     calibrating = {name: ["calibration is still on: finish calibration (load_calib_amax) first"]
                    for name, q in quantizers.items() if q.is_enabled and q.is_calib_enabled}
     if calibrating:  # before any forward: it would feed the example input to the calibrators
-        raise ExportError(_problems_message(calibrating), calibrating)
+        raise ExportError(problems_message(calibrating), calibrating)
     modes = {module: module.training for module in model.modules()}
     model.eval()
     try:
         record = _record_forward(model, inputs, emitting)
         reached = [name for name, count in record.calls.items() if count]
-        problems = {name: found for name in reached if (found := _quantizer_problems(emitting[name]))}
-        if opset < FP8_MIN_OPSET:
-            for name in reached:
-                if emitting[name].quant_desc.is_fp8:
-                    problems.setdefault(name, []).append(f"num_bits=(4, 3): FP8 Q/DQ (float8e4m3fn) needs opset >= "
-                                                         f"{FP8_MIN_OPSET}, got {opset}: pass opset={FP8_MIN_OPSET}")
+        problems = {name: found for name in reached if (found := quantizer_problems(emitting[name], opset=opset))}
         if problems:
-            raise ExportError(_problems_message(problems), problems)
+            raise ExportError(problems_message(problems), problems)
         notes = [f"{name} was not reached by the example forward and would not export: {'; '.join(found)}"
-                 for name, q in emitting.items() if name not in reached and (found := _quantizer_problems(q))]
+                 for name, q in emitting.items() if name not in reached and (found := quantizer_problems(q))]
         tiny = [name for name in reached if _tiny_amax(emitting[name])]
         if tiny:
             notes.append(f"amax <= 2^-24 in {', '.join(tiny)}: exported with scale <= 2^-24/127 (0 for amax 0); "

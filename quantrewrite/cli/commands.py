@@ -69,6 +69,22 @@ def _untraced_lines(plan: Any) -> list[str]:
     return lines
 
 
+def _problem_lines(problems: dict[str, list[str]]) -> list[str]:
+    return [f"{name}: {reason}" for name, reasons in problems.items() for reason in reasons]
+
+
+def _check_exportable(qmodel: Any, args: argparse.Namespace) -> None:
+    """--onnx: refuse, before any calibration batch runs, a model the exporter would refuse after it."""
+    from quantrewrite.export import DEFAULT_OPSET
+    from quantrewrite.export_rules import export_problems
+
+    problems = export_problems(qmodel, opset=args.opset or DEFAULT_OPSET, before_calibration=True)
+    if problems:
+        raise CLIError(f"--onnx: {len(problems)} quantizer(s) cannot be exported as ONNX QuantizeLinear/"
+                       "DequantizeLinear (nothing was calibrated or written; change the config, or drop --onnx):",
+                       _problem_lines(problems))
+
+
 def _export(qmodel: Any, example: Any, args: argparse.Namespace) -> str:
     """Export to --onnx and check it; a file that fails the check is moved to OUT.failed.onnx."""
     from quantrewrite.export import ExportError, export_onnx
@@ -81,6 +97,10 @@ def _export(qmodel: Any, example: Any, args: argparse.Namespace) -> str:
                              dynamic_axes=None if args.static_batch else "batch", opset=args.opset,
                              tolerance_steps=args.tolerance_steps, verify=True)
     except ExportError as error:
+        if error.problems:  # e.g. a quantizer that calibration left without an amax
+            raise CLIError(f"--onnx: {len(error.problems)} quantizer(s) cannot be exported as ONNX "
+                           f"QuantizeLinear/DequantizeLinear ({path} not written):",
+                           _problem_lines(error.problems)) from error
         if error.report is None or not path.exists():
             raise
         path.replace(failed)
@@ -115,6 +135,8 @@ def run_quantize(args: argparse.Namespace) -> int:
     _out(f"quantized {counts['modules quantized']} modules and {counts['ops quantized']} ops "
          f"({counts['quantizers']} quantizers, config: {qmodel.quant_plan.config_source})",
          *_untraced_lines(qmodel.quant_plan))
+    if args.onnx is not None:
+        _check_exportable(qmodel, args)
     result = calibrate(qmodel, batches, method=args.method, percentile=args.percentile,
                        num_batches=args.num_batches, progress=True)
     _out(f"calibrated {len(result.calibrated)} quantizers on {result.batches} batches in {result.seconds:.1f} s "

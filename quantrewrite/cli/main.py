@@ -220,4 +220,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             else:  # unexpected: say what it was and how to see where
                 text = f"{type(error).__name__}: {_one_line(error)} (--debug shows the traceback)"
             print(f"{PROG}: error: {text}", file=sys.stderr)
+            for line in error.details if isinstance(error, CLIError) else ():  # one problem per line
+                print(f"  {line}", file=sys.stderr)
             return code
