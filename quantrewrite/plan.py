@@ -68,6 +68,7 @@ class Plan:
     warnings: list[str] = field(default_factory=list)
     config: dict = field(default_factory=dict)  # the normalised config (QuantConfig.to_dict())
     groups: dict[str, list[str]] = field(default_factory=dict)  # shared-range group -> its quantizers
+    config_chain: list[str] = field(default_factory=list)  # QuantConfig.chain: its bases first, then itself
 
     def __iter__(self) -> Iterator[PlanEntry]:
         return iter(self.entries)

@@ -69,6 +69,7 @@ def save_recipe(model: nn.Module, path: str | os.PathLike[str]) -> Path:
         "format": RECIPE_FORMAT,
         "versions": {"quantrewrite": _version(), "torch": str(torch.__version__)},
         "config_source": plan.config_source,
+        "config_chain": list(plan.config_chain),
         "config": plan.config,
         "untraced_scopes": dict(plan.untraced),
         "groups": {name: list(members) for name, members in plan.groups.items()},

@@ -69,6 +69,26 @@ def _untraced_lines(plan: Any) -> list[str]:
     return lines
 
 
+def _calibrators_used(qmodel: Any, result: Any) -> str:
+    """What set the ranges: how many max and histogram calibrators, and the method the histogram ones used."""
+    from collections import Counter
+
+    from quantrewrite.calib import HistogramCalibrator
+
+    quantizers = dict(qmodel.named_modules())
+    histogram = sum(isinstance(quantizers[name].calibrator, HistogramCalibrator) for name in result.calibrated)
+    counts = [f"{n} {kind} calibrator{'s' if n != 1 else ''}"
+              for n, kind in ((len(result.calibrated) - histogram, "max"), (histogram, "histogram")) if n]
+    if not histogram:
+        return (f"{', '.join(counts) or 'no calibrator'} (--method {result.method} picks amax for histogram "
+                "calibrators only: this config has none)")
+    method = f"method {result.method}"
+    if result.choices:  # method auto: what each histogram quantizer kept
+        kept = Counter(result.choices.values())
+        method += ": kept " + ", ".join(f"{choice} x{n}" for choice, n in sorted(kept.items()))
+    return f"{', '.join(counts)} ({method})"
+
+
 def _problem_lines(problems: dict[str, list[str]]) -> list[str]:
     return [f"{name}: {reason}" for name, reasons in problems.items() for reason in reasons]
 
@@ -139,8 +159,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         _check_exportable(qmodel, args)
     result = calibrate(qmodel, batches, method=args.method, percentile=args.percentile,
                        num_batches=args.num_batches, progress=True)
-    _out(f"calibrated {len(result.calibrated)} quantizers on {result.batches} batches in {result.seconds:.1f} s "
-         f"(histogram method: {result.method})", "", summary(qmodel), "")
+    _out(f"calibrated {len(result.calibrated)} quantizers on {result.batches} batches in {result.seconds:.1f} s: "
+         f"{_calibrators_used(qmodel, result)}", "", summary(qmodel), "")
 
     from quantrewrite.recipe import save_recipe
 

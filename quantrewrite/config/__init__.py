@@ -3,12 +3,16 @@
 The format (version 1; the presets in ``quantrewrite/configs/`` are commented examples to copy)::
 
     version: 1
+    base: int8_default                                # optional: inherit a preset or a file, then override
     defaults: {input: {num_bits: 8, calib_method: histogram}, weight: {num_bits: 8, axis: 0}}
     modules:   {MaxPool2d: {quantize: false}}         # registered float class name -> quantize/input/weight
     functions: {add: {quantize: true}}                # registered op name -> quantize/input/weight
     layers:                                           # ordered rules; every match merges, later wins
       - {match: "layer4", weight: {num_bits: 4}}      # glob or "re:" regex, see quantrewrite.patterns
     disable: ["*.downsample.*"]                       # quantizers created but disabled
+
+How ``base`` merges: ``quantrewrite.config.inherit``. A config without ``base`` starts from the Quant classes'
+own defaults only (max calibration everywhere), not from a preset.
 
 Everything is validated before anything is touched. All problems are reported at once in one
 ``QuantConfigError`` whose lines give the YAML path, the bad value, what was expected, a did-you-mean and,

@@ -19,11 +19,11 @@ union of the members' statistics (see ``quantrewrite.calib.groups``)::
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from quantrewrite.config.schema import Checker, join_path
+from quantrewrite.config.schema import Checker, item_name, join_path
 from quantrewrite.descriptor import did_you_mean
 from quantrewrite.patterns import PatternError, compile_pattern
 
@@ -55,7 +55,7 @@ def _patterns(ck: Checker, path: str, value: Any, what: str) -> tuple[str, ...] 
     return tuple(value) if ok else None
 
 
-def _share(ck: Checker, value: Any) -> tuple[tuple[str, ...], ...]:
+def _share(ck: Checker, value: Any, names: Mapping[str, Sequence[str]] | None) -> tuple[tuple[str, ...], ...]:
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):
@@ -63,7 +63,7 @@ def _share(ck: Checker, value: Any) -> tuple[tuple[str, ...], ...]:
         return ()
     groups = []
     for index, group in enumerate(value):
-        patterns = _patterns(ck, f"share[{index}]", group, "quantizer-name")
+        patterns = _patterns(ck, item_name(names, "share", index), group, "quantizer-name")
         if patterns is not None:
             groups.append(patterns)
     return tuple(groups)
@@ -104,11 +104,12 @@ def _placement(ck: Checker, value: Any) -> Placement | None:
     return Placement(target, exempt)
 
 
-def parse_extras(data: Any, ck: Checker) -> tuple[tuple[tuple[str, ...], ...], Placement | None]:
-    """Validate ``share`` and ``placement`` of config data; errors go to ``ck``."""
+def parse_extras(data: Any, ck: Checker, names: Mapping[str, Sequence[str]] | None = None
+                 ) -> tuple[tuple[tuple[str, ...], ...], Placement | None]:
+    """Validate ``share`` and ``placement`` of config data; errors go to ``ck``; ``names`` as for ``parse``."""
     if not isinstance(data, Mapping):
         return (), None
-    return _share(ck, data.get("share")), _placement(ck, data.get("placement"))
+    return _share(ck, data.get("share"), names), _placement(ck, data.get("placement"))
 
 
 def placement_dict(placement: Placement | None) -> dict[str, Any] | None:

@@ -13,12 +13,14 @@ from typing import Any
 import yaml
 
 from quantrewrite.config.extras import Placement, parse_extras, placement_dict
+from quantrewrite.config.inherit import LIST_SECTIONS, Located, load_base, merge_over_base, prefix_located
 from quantrewrite.config.schema import (
     ROLES,
     VERSION,
     Checker,
     QuantConfigError,
     Rule,
+    item_name,
     join_path,
     parse,
     show,
@@ -75,18 +77,31 @@ class QuantConfig:
 
     def _init(self, data: Any, known_modules: Iterable[str] | None, known_functions: Iterable[str] | None,
               source: str, where: str | None, lines: Mapping[str, int] | None,
-              dupes: Iterable[tuple[str, int]] = ()) -> None:
-        ck = Checker(lines, where)
+              dupes: Iterable[tuple[str, int]] = (), folder: str | None = None) -> None:
+        located: Located = {path: (where, line) for path, line in (lines or {}).items()}
+        base, names = None, {}
+        if isinstance(data, Mapping) and data.get("base") is not None:
+            own = os.path.realpath(where) if folder is not None and where and os.path.isfile(where) else None
+            named_at = f"{where}:{(lines or {}).get('base')}" if where else ""
+            base = load_base(data["base"], folder, known_modules, known_functions, named_at, own)
+            names = {section: [f"base.{name}" for name in base._names[section]] for section in LIST_SECTIONS}
+            data = merge_over_base(base.to_dict(), data)
+            located = {**prefix_located(base._located), **located}  # the child's own lines win
+        ck = Checker(located, where)
         for path, line in dupes:
             ck.error(path, f"duplicate key, again on line {line} (YAML would keep only the last one)")
-        parsed = parse(data, ck, known_modules, known_functions)
-        extras = parse_extras(data, ck)
+        parsed = parse(data, ck, known_modules, known_functions, names)
+        extras = parse_extras(data, ck, names)
         if ck.errors or parsed is None:
             raise QuantConfigError(ck.errors)
         self._defaults, self._modules, self._functions, self._layers, self._disable = parsed
         self._share, self._placement = extras
-        self._source = source
-        self._checker = Checker(lines, where)  # locates resolve-time and check_unmatched messages
+        sizes = {"layers": len(self._layers), "disable": len(self._disable), "share": len(self._share)}
+        self._names = {section: [item_name(names, section, i) for i in range(size)] for section, size in sizes.items()}
+        self._located = located  # for a config that names this one as its base
+        self._chain: tuple[str, ...] = (*(base.chain if base is not None else ()), source)
+        self._source = source if base is None else f"{source} (based on {', '.join(reversed(base.chain))})"
+        self._checker = Checker(located, where)  # locates resolve-time and check_unmatched messages
         self._cache: dict[tuple[Any, ...], Resolution] = {}
 
     @classmethod
@@ -100,8 +115,11 @@ class QuantConfig:
     @classmethod
     def from_yaml(cls, text: str, *, known_modules: Iterable[str] | None = None,
                   known_functions: Iterable[str] | None = None, filename: str = "<string>",
-                  source: str | None = None) -> QuantConfig:
+                  source: str | None = None, folder: str | os.PathLike[str] | None = None) -> QuantConfig:
         """Build from YAML text (yaml.safe_load only); errors name ``filename:LINE``.
+
+        ``folder``: where a relative ``base:`` path is looked up (``from_file``: the file's folder; default:
+        the current directory).
 
         Example:
             >>> QuantConfig.from_yaml("version: 1\\ndisable: [fc]\\n").disable
@@ -119,7 +137,8 @@ class QuantConfig:
         dupes: list[tuple[str, int]] = []
         lines = yaml_lines(node, "", {}, dupes)
         config = cls.__new__(cls)
-        config._init(data, known_modules, known_functions, source or filename, filename, lines, dupes)
+        config._init(data, known_modules, known_functions, source or filename, filename, lines, dupes,
+                     None if folder is None else os.fspath(folder))
         return config
 
     @classmethod
@@ -136,12 +155,18 @@ class QuantConfig:
             message = f"cannot read config file {os.fspath(path)}: {exc.strerror or exc}"
             raise QuantConfigError([("", message)]) from exc
         return cls.from_yaml(text, known_modules=known_modules, known_functions=known_functions,
-                             filename=os.fspath(path))
+                             filename=os.fspath(path), folder=os.path.dirname(os.fspath(path)))
 
     @property
     def source(self) -> str:
-        """Where the config came from: "preset int8_default", a file path, "<string>" or "<dict>"."""
+        """Where the config came from: "preset int8_default", a file path, "<string>" or "<dict>", then its
+        bases, nearest first, when it has any: "my.yaml (based on preset int8_default)"."""
         return self._source
+
+    @property
+    def chain(self) -> tuple[str, ...]:
+        """The sources it was merged from, the outermost base first: ("preset int8_default", "my.yaml")."""
+        return self._chain
 
     @property
     def disable(self) -> tuple[str, ...]:
@@ -321,7 +346,7 @@ class QuantConfig:
             "disable[0] '*.downsample.*'"
         """
         index = first_match(self._disable, quantizer_name)
-        return None if index is None else f"disable[{index}] {self._disable[index]!r}"
+        return None if index is None else f"{self._names['disable'][index]} {self._disable[index]!r}"
 
     def check_unmatched(self, names: Iterable[str], quantizer_names: Iterable[str], *,
                         strict: bool = False) -> list[str]:
@@ -343,11 +368,10 @@ class QuantConfig:
         """
         names, quantizer_names = list(names), list(quantizer_names)
         problems = []
-        checks = [(f"layers[{i}].match", rule.match, names, "module or op site")
-                  for i, rule in enumerate(self._layers)]
-        checks += [(f"disable[{i}]", pattern, quantizer_names, "quantizer")
+        checks = [(f"{rule.path}.match", rule.match, names, "module or op site") for rule in self._layers]
+        checks += [(self._names["disable"][i], pattern, quantizer_names, "quantizer")
                    for i, pattern in enumerate(self._disable)]
-        checks += [(f"share[{i}][{j}]", pattern, quantizer_names, "quantizer")
+        checks += [(f"{self._names['share'][i]}[{j}]", pattern, quantizer_names, "quantizer")
                    for i, group in enumerate(self._share) for j, pattern in enumerate(group)]
         exempt = self._placement.exempt.items() if self._placement is not None else ()
         checks += [(f"placement.exempt.{rule}[{j}]", pattern, names, "module or op site")

@@ -8,7 +8,7 @@ separately from the ``yaml.safe_load`` of the data.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,15 +23,15 @@ from quantrewrite.descriptor import (
 )
 from quantrewrite.patterns import PatternError, compile_pattern
 
-__all__ = ["MIN_CONFIG_BITS", "MISSING", "ROLES", "VERSION", "Checker", "QuantConfigError", "Rule", "join_path",
-           "parse", "show", "yaml_lines"]
+__all__ = ["MIN_CONFIG_BITS", "MISSING", "ROLES", "TOP_KEYS", "VERSION", "Checker", "QuantConfigError", "Rule",
+           "item_name", "join_path", "parse", "show", "yaml_lines"]
 
 VERSION = 1
 # QuantDescriptor accepts 0 bits (pytorch-quantization does); a config never means it: a signed 0- or 1-bit
 # grid has max_bound 0 and zeroes the tensor.
 MIN_CONFIG_BITS = 2
 ROLES = ("input", "weight")
-_TOP_KEYS = ("version", "defaults", "modules", "functions", "layers", "disable", "share", "placement")
+TOP_KEYS = ("version", "base", "defaults", "modules", "functions", "layers", "disable", "share", "placement")
 _ENTRY_KEYS = ("quantize", "input", "weight")
 _RULE_KEYS = ("match", "quantize", "input", "weight")
 MISSING = object()
@@ -74,6 +74,14 @@ def join_path(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
+def item_name(names: Mapping[str, Sequence[str]] | None, section: str, index: int) -> str:
+    """The name of item ``index`` of a list section: ``layers[2]``. In a config with ``base`` the list starts
+    with the base's items, named by ``names`` (``base.layers[0]``..., see inherit.py); the config's own items
+    follow, named by their index in its own list."""
+    given = (names or {}).get(section, ())
+    return given[index] if index < len(given) else f"{section}[{index - len(given)}]"
+
+
 def show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -82,20 +90,21 @@ def show(value: Any) -> str:
 class Checker:
     """Collects (path, message) errors, each located in the YAML text when line numbers are known."""
 
-    def __init__(self, lines: Mapping[str, int] | None, where: str | None):
-        self.lines = lines or {}
+    def __init__(self, lines: Mapping[str, int | tuple[str | None, int | None]] | None, where: str | None):
+        self.lines = lines or {}  # path -> line, or (file, line) in a config with ``base`` (several files)
         self.where = where
         self.errors: list[tuple[str, str]] = []
 
     def locate(self, path: str) -> str:
         """" (file.yaml:LINE)" for the path or its nearest ancestor with a known line; "" for plain data."""
-        if self.where is None:
-            return ""
         while path and path not in self.lines:
             parent = _PARENT.sub("", path)  # "a.b[1].c" -> "a.b[1]" -> "a.b" -> "a" -> ""
             path = "" if parent == path else parent
-        line = self.lines.get(path)
-        return f" ({self.where}:{line})" if line else f" ({self.where})"
+        spot = self.lines.get(path)
+        where, line = spot if isinstance(spot, tuple) else (self.where, spot)
+        if where is None:
+            return ""
+        return f" ({where}:{line})" if line else f" ({where})"
 
     def error(self, path: str, expected: str, value: Any = MISSING) -> None:
         got = "" if value is MISSING else f", got {show(value)}"
@@ -188,7 +197,7 @@ class Checker:
                 out[key] = rule
         return out
 
-    def patterns(self, section: str, value: Any) -> tuple[str, ...]:
+    def patterns(self, section: str, value: Any, names: Mapping[str, Sequence[str]] | None = None) -> tuple[str, ...]:
         if value is None:
             return ()
         if not isinstance(value, (list, tuple)):
@@ -198,18 +207,21 @@ class Checker:
             try:
                 compile_pattern(pattern)
             except PatternError as exc:
-                self.error(f"{section}[{index}]", exc.reason, pattern)
+                self.error(item_name(names, section, index), exc.reason, pattern)
         return tuple(value)
 
 
-def parse(data: Any, ck: Checker, known_modules: Iterable[str] | None,
-          known_functions: Iterable[str] | None) -> tuple[Any, ...] | None:
-    """Validate config data into (defaults, modules, functions, layers, disable); errors go to ``ck``."""
+def parse(data: Any, ck: Checker, known_modules: Iterable[str] | None, known_functions: Iterable[str] | None,
+          names: Mapping[str, Sequence[str]] | None = None) -> tuple[Any, ...] | None:
+    """Validate config data into (defaults, modules, functions, layers, disable); errors go to ``ck``.
+
+    ``names``: the names of list items inherited from a base config (see ``item_name``).
+    """
     if data is None:
         ck.error("", f"the config is empty; expected a mapping that starts with `version: {VERSION}`")
         return None
     if not isinstance(data, Mapping):
-        ck.error("", f"expected a mapping with the keys {', '.join(_TOP_KEYS)}", data)
+        ck.error("", f"expected a mapping with the keys {', '.join(TOP_KEYS)}", data)
         return None
     version = data.get("version", MISSING)
     if version is MISSING:
@@ -217,7 +229,7 @@ def parse(data: Any, ck: Checker, known_modules: Iterable[str] | None,
     elif type(version) is not int or version != VERSION:  # another format: the rest would only be noise
         ck.error("version", f"expected {VERSION} (the only config format version)", version)
         return None
-    ck.keys("", data, _TOP_KEYS)
+    ck.keys("", data, TOP_KEYS)
 
     defaults = Rule("defaults")
     mapping = ck.mapping("defaults", data.get("defaults"), "'input' and 'weight' descriptor fields")
@@ -244,13 +256,13 @@ def parse(data: Any, ck: Checker, known_modules: Iterable[str] | None,
     raw_layers = data.get("layers")
     if isinstance(raw_layers, (list, tuple)):
         for index, item in enumerate(raw_layers):
-            rule = ck.rule(f"layers[{index}]", item, _RULE_KEYS, defaults)
+            rule = ck.rule(item_name(names, "layers", index), item, _RULE_KEYS, defaults)
             if rule is not None:
                 layers.append(rule)
     elif raw_layers is not None:
         ck.error("layers", "expected a list of rules (`- match: PATTERN`, then quantize/input/weight)",
                  raw_layers)
-    disable = ck.patterns("disable", data.get("disable"))
+    disable = ck.patterns("disable", data.get("disable"), names)
     return defaults, module_rules, function_rules, tuple(layers), disable
 
 

@@ -336,7 +336,8 @@ def build_plan(model: nn.Module, cfg: QuantConfig, trace: TraceResult, *, strict
     from quantrewrite.placement.apply import apply_placement
     from quantrewrite.rewrite.share import resolve_groups
 
-    rp = RewritePlan(Plan([], cfg.source, dict(trace.failed), config=cfg.to_dict()), trace=trace)
+    rp = RewritePlan(Plan([], cfg.source, dict(trace.failed), config=cfg.to_dict(), config_chain=list(cfg.chain)),
+                     trace=trace)
     runtime_entries: list[PlanEntry] = []
     rp.runtime = plan_runtime_ops(model, cfg, probe, runtime_entries)
     _plan_scopes(model, rp)
