@@ -37,6 +37,8 @@ class PlanEntry:
             every quantizer a placement rule set (``quantrewrite.placement.rules``) placed or left out.
         runtime: an op site of an untraced scope, matched at run time by owner and call order (found by the
             probe run on example inputs) instead of in an FX graph.
+        note: what a quantized entry does that its descriptors do not show (a weight layout translated from
+            the config's axes, an effective weight computed by a parametrization), or "".
     """
 
     name: str
@@ -52,6 +54,7 @@ class PlanEntry:
     quant_class: str | None = None
     placement: dict[str, tuple[str, str]] = field(default_factory=dict)
     runtime: bool = False
+    note: str = ""
 
     @property
     def quantized(self) -> bool:
@@ -143,6 +146,8 @@ def _details(entry: PlanEntry) -> str:
         parts.append(f"w: {_short(entry.weight)}")
     if entry.quant_class:
         parts.append(f"-> {entry.quant_class}")
+    if entry.note:
+        parts.append(entry.note)
     if entry.rules:
         parts.append(f"rules: {', '.join(entry.rules)}")
     if entry.placement:

@@ -17,7 +17,9 @@ Example (the seed document's pooling module, made the one the rewrite uses for `
 
 from __future__ import annotations
 
+import importlib
 import operator
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,7 @@ __all__ = [
     "function_spec_for_callable",
     "function_spec_for_target",
     "is_quant_container",
+    "module_names",
     "quant_container_for",
     "quant_module_for",
     "register_quant_container",
@@ -57,12 +60,34 @@ class RegistryError(ValueError):
 _MODULES: dict[type[nn.Module], type[nn.Module]] = {}
 _DEFAULTS_LOADED = False
 
+# Float classes of optional libraries, registered on first sight: (defining module, class name) -> the
+# quantrewrite module whose import registers the twin. The twin module imports the library, so it is imported
+# only when the library already is (a model holds the class, or its module is in sys.modules):
+# ``import quantrewrite`` and a model without such layers never import transformers.
+_LAZY_MODULES: dict[tuple[str, str], str] = {
+    ("transformers.pytorch_utils", "Conv1D"): "quantrewrite.nn.modules.quant_hf_conv1d",
+}
+
 
 def _ensure_defaults() -> None:
     global _DEFAULTS_LOADED
     if not _DEFAULTS_LOADED:
         _DEFAULTS_LOADED = True
         from quantrewrite.nn import modules  # noqa: F401  (its import registers the built-in Quant classes)
+
+
+def _load_lazy(float_cls: type | None = None) -> None:
+    """Import the twin module of ``float_cls`` if it is a lazy entry; with None, of every lazy entry whose
+    library is already imported. Each entry is loaded once (unregistering it later sticks)."""
+    for key, provider in list(_LAZY_MODULES.items()):
+        module_name = key[0]
+        if float_cls is not None:
+            if (getattr(float_cls, "__module__", None), getattr(float_cls, "__qualname__", None)) != key:
+                continue
+        elif module_name not in sys.modules:
+            continue
+        del _LAZY_MODULES[key]
+        importlib.import_module(provider)
 
 
 def _check_quant_class(float_cls: type, quant_cls: type) -> None:
@@ -91,6 +116,7 @@ def register_quant_module(float_cls: type[nn.Module], *, override: bool = False)
 
     def decorator(quant_cls: type) -> type:
         _ensure_defaults()
+        _LAZY_MODULES.pop((float_cls.__module__, float_cls.__qualname__), None)  # a user's twin wins over a lazy one
         if float_cls in _MODULES and _MODULES[float_cls] is not quant_cls and not override:
             raise RegistryError(f"{float_cls.__name__} is already registered to {_MODULES[float_cls].__name__}; "
                                 f"pass override=True to replace it")
@@ -104,6 +130,7 @@ def register_quant_module(float_cls: type[nn.Module], *, override: bool = False)
 def unregister_quant_module(float_cls: type[nn.Module]) -> type[nn.Module]:
     """Remove ``float_cls`` from the table; returns the Quant class it had."""
     _ensure_defaults()
+    _load_lazy(float_cls)
     if float_cls not in _MODULES:
         raise RegistryError(f"{getattr(float_cls, '__name__', float_cls)} is not registered")
     return _MODULES.pop(float_cls)
@@ -112,13 +139,24 @@ def unregister_quant_module(float_cls: type[nn.Module]) -> type[nn.Module]:
 def quant_module_for(float_cls: type) -> type[nn.Module] | None:
     """The Quant class registered for exactly this type, or None (subclasses are not matched)."""
     _ensure_defaults()
-    return _MODULES.get(float_cls)
+    found = _MODULES.get(float_cls)
+    if found is None and _LAZY_MODULES:
+        _load_lazy(float_cls)
+        found = _MODULES.get(float_cls)
+    return found
 
 
 def registered_modules() -> dict[str, type[nn.Module]]:
-    """Registered float class name -> float class (the names a config's ``modules`` section accepts)."""
+    """Registered float class name -> float class (lazy entries count once their library is imported)."""
     _ensure_defaults()
+    _load_lazy()
     return {cls.__name__: cls for cls in _MODULES}
+
+
+def module_names() -> set[str]:
+    """The names a config's ``modules`` section accepts: the registered classes and the lazy entries whose
+    library is not imported (yet), like ``Conv1D`` of transformers."""
+    return set(registered_modules()) | {class_name for _, class_name in _LAZY_MODULES}
 
 
 # -------------------------------------------------------------------------------------------- containers

@@ -58,7 +58,7 @@ class QuantConfig:
 
     Args:
         data: the config as plain data (a mapping with ``version: 1``).
-        known_modules: the names ``modules`` may use; None asks ``registry.registered_modules()`` (only when
+        known_modules: the names ``modules`` may use; None asks ``registry.module_names()`` (only when
             the config has a ``modules`` section).
         known_functions: the names ``functions`` may use; None asks ``registry.registered_functions()``.
         source: where the config came from, shown by ``source``.

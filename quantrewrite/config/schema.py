@@ -241,8 +241,8 @@ def parse(data: Any, ck: Checker, known_modules: Iterable[str] | None, known_fun
     def modules() -> Iterable[str]:
         if known_modules is not None:
             return known_modules
-        from quantrewrite.registry import registered_modules
-        return registered_modules()
+        from quantrewrite.registry import module_names
+        return module_names()
 
     def functions() -> Iterable[str]:
         if known_functions is not None:

@@ -33,6 +33,7 @@ from quantrewrite.rewrite.model_checks import check_weights
 from quantrewrite.rewrite.probe import ProbeResult
 from quantrewrite.rewrite.runtime_plan import RuntimePlan, plan_runtime_ops, scope_note
 from quantrewrite.rewrite.tracer import TraceResult
+from quantrewrite.rewrite.weight_layout import from_config_axes, layout_note, to_config_axes
 
 __all__ = ["ArgSlot", "ModuleAction", "OpAction", "RewritePlan", "build_plan"]
 
@@ -99,8 +100,9 @@ def _quantizer_attrs(quant_cls: type) -> tuple[str, ...]:
 
 
 def _class_defaults(quant_cls: type) -> tuple[QuantDescriptor | None, QuantDescriptor | None]:
+    """The class's default descriptors, the weight's in the config's axis convention (weight_layout.py)."""
     weight = quant_cls.default_quant_desc_weight if issubclass(quant_cls, QuantMixin) else None
-    return quant_cls.default_quant_desc_input, weight
+    return quant_cls.default_quant_desc_input, to_config_axes(quant_cls, weight)
 
 
 def _target(cfg: QuantConfig) -> str | None:
@@ -149,10 +151,12 @@ def _plan_modules(model: nn.Module, cfg: QuantConfig, rp: RewritePlan) -> None:
             rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, res.reason, res.rules))
             continue
         swapped.add(name)
+        weight = from_config_axes(quant_cls, res.weight)
         quantizers = tuple(_qualify(name, attr) for attr in _quantizer_attrs(quant_cls))
         rp.plan.entries.append(PlanEntry(name, "module", type_name, QUANTIZE, None, res.rules, res.input,
-                                         res.weight, quantizers, _disabled(cfg, quantizers), quant_cls.__name__))
-        rp.modules.append(ModuleAction(name, module, quant_cls, res.input, res.weight, res.rules))
+                                         weight, quantizers, _disabled(cfg, quantizers), quant_cls.__name__,
+                                         note=layout_note(quant_cls, res.weight, weight)))
+        rp.modules.append(ModuleAction(name, module, quant_cls, res.input, weight, res.rules))
 
 
 def _plan_containers(model: nn.Module, rp: RewritePlan) -> None:
