@@ -103,3 +103,12 @@ def test_before_calibration_only_the_settings_count():
     assert set(export_problems(qmodel)) == {"0._input_quantizer", "0._weight_quantizer"}
     assert quantizer_problems(qmodel[0]._weight_quantizer) == [
         "amax is None (uncalibrated, or a dynamic range): calibrate first or disable it"]
+
+
+def test_a_config_the_exporter_accepts_passes_the_check_and_exports(counted, capsys):
+    tmp_path, data = counted
+    (tmp_path / "w8.yaml").write_text("version: 1\nbase: w4a8\nlayers:\n  - {match: '*', weight: {num_bits: 8}}\n"
+                                      "disable: ['4._input_quantizer']\n")
+    code = quantize(tmp_path, "-c", "w8.yaml", "--onnx", str(tmp_path / "m.onnx"))
+    assert code == 0, capsys.readouterr().err
+    assert data.served == 3 and (tmp_path / "m.onnx").is_file()

@@ -57,7 +57,8 @@ class QuantConfig:
     """A validated quantization config (see the module docstring for the format).
 
     Args:
-        data: the config as plain data (a mapping with ``version: 1``).
+        data: the config as plain data (a mapping with ``version: 1``); a relative ``base:`` path in it is
+            looked up in the current directory (see ``quantrewrite.config.inherit``).
         known_modules: the names ``modules`` may use; None asks ``registry.module_names()`` (only when
             the config has a ``modules`` section).
         known_functions: the names ``functions`` may use; None asks ``registry.registered_functions()``.
