@@ -5,6 +5,8 @@ these rules are written.
 quantizer being traced, and ``quantrewrite quantize --onnx`` to the quantized model before calibrating
 (``before_calibration=True``: only the rules about the quantizer's settings; not "uncalibrated", which
 calibration is about to fix), so that a config the exporter would refuse is refused before any batch runs.
+That check covers every enabled quantizer, while ``export_onnx`` refuses only those its example forward
+reaches (it notes the others): a quantizer on a branch the example never takes is refused earlier.
 
 Example:
     >>> problems = export_problems(quantize_model(model, "w4a8"), opset=17, before_calibration=True)
