@@ -169,9 +169,9 @@ def _module_rules(p: _Placer) -> list[ModuleAction]:
                 p.skip_module(action, "small_conv", why)
                 continue
             p.placed(entry, "weighted_inputs")
-        elif isinstance(module, nn.Linear):
-            if min(module.in_features, module.out_features) < MIN_GEMM_DIM and not p.exempt("small_gemm", action.name):
-                p.skip_module(action, "small_gemm", f"K {module.in_features}, N {module.out_features}")
+        elif (features := _linear_features(module, action.quant_cls)) is not None:
+            if min(features) < MIN_GEMM_DIM and not p.exempt("small_gemm", action.name):
+                p.skip_module(action, "small_gemm", f"K {features[0]}, N {features[1]}")
                 continue
             p.placed(entry, "weighted_inputs")
         elif _is_weighted(module):
@@ -192,6 +192,15 @@ def _module_rules(p: _Placer) -> list[ModuleAction]:
         elif not p.exempt("float_ops", action.name):
             p.skip_module(action, "float_ops", type(module).__name__)
     return deferred
+
+
+def _linear_features(module: nn.Module, quant_cls: type) -> tuple[int, int] | None:
+    """(in, out) features of a GEMM layer: an nn.Linear, or a layer whose twin says it is one
+    (``linear_features``: Hugging Face's Conv1D); None for anything else."""
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    features = getattr(quant_cls, "linear_features", None)
+    return features(module) if features is not None else None
 
 
 def _is_weighted(module: nn.Module) -> bool:

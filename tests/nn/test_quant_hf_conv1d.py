@@ -136,3 +136,19 @@ def test_registry_entry_is_lazy() -> None:
             "assert registry.quant_module_for(Conv1D).__name__ == 'QuantHFConv1D'\n"
             "assert 'Conv1D' in registry.registered_modules()\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+class Gemms(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.wide = Conv1D(64, 64)
+        self.narrow = Conv1D(8, 64)  # N 8 < 16: TensorRT runs it faster in FP16
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.narrow(self.wide(x))
+
+
+def test_tensorrt_placement_treats_conv1d_as_a_gemm() -> None:
+    p = plan(Gemms(), "tensorrt", example_inputs=torch.randn(2, 8, 64))
+    assert p["wide"].quantized and "weighted_inputs" in str(p["wide"].placement)
+    assert not p["narrow"].quantized and "small_gemm" in p["narrow"].reason and "K 64, N 8" in p["narrow"].reason

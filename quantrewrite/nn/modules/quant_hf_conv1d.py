@@ -51,6 +51,11 @@ class QuantHFConv1D(Conv1D, QuantMixin):
         super().__init__(nf, nx)
         self.init_quantizer(quant_desc_input, quant_desc_weight)
 
+    @staticmethod
+    def linear_features(module: Conv1D) -> tuple[int, int]:
+        """(in, out) features: placement rules treat the layer as the GEMM it is, like nn.Linear."""
+        return module.nx, module.nf
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         size_out = x.size()[:-1] + (self.nf,)
         x = self._input_quantizer.transient(x)
