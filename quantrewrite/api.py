@@ -10,9 +10,11 @@ import warnings
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 from quantrewrite.config import QuantConfig, QuantConfigError, load_config
+from quantrewrite.nn.modules.parametrized import hook_weight_norm_names
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 from quantrewrite.patterns import compile_pattern, pattern_matches
 from quantrewrite.plan import Plan
@@ -68,6 +70,19 @@ def _prepare(model: nn.Module, config: QuantConfig, concrete_args: dict[str, Any
             raise RewriteError(f"{error}\n(example_inputs must be what the model's forward takes: a tensor, a "
                                "tuple of positional arguments or a dict of keyword arguments)") from error
     return build_plan(model, config, trace, strict=strict, example_inputs=example_inputs, probe=probed)
+
+
+def _copy_model(model: nn.Module) -> nn.Module:
+    """``copy.deepcopy(model)``, except that a weight the ``torch.nn.utils.weight_norm`` hook computed with
+    autograd (a non-leaf tensor, which deepcopy refuses) is copied detached: the hook recomputes it from
+    ``weight_g``/``weight_v`` before every forward anyway. The model itself is not touched."""
+    memo: dict[int, Any] = {}
+    for module in model.modules():
+        for name in hook_weight_norm_names(module):
+            tensor = getattr(module, name, None)
+            if isinstance(tensor, torch.Tensor) and not tensor.is_leaf:
+                memo[id(tensor)] = tensor.detach().clone()
+    return copy.deepcopy(model, memo)
 
 
 def plan(model: nn.Module, cfg: Any = None, *, example_inputs: Any = None,
@@ -135,7 +150,7 @@ def quantize_model(model: nn.Module, cfg: Any = None, *, example_inputs: Any = N
     if not isinstance(model, nn.Module):
         raise TypeError(f"expected an nn.Module, got {type(model).__name__}")
     with _collector_paused():
-        work = model if inplace else copy.deepcopy(model)
+        work = model if inplace else _copy_model(model)
         rp = _prepare(work, config, concrete_args, leaf_modules, strict, example_inputs)
         result = apply_plan(work, rp)
     result.quant_plan = rp.plan

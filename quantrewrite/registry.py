@@ -137,12 +137,19 @@ def unregister_quant_module(float_cls: type[nn.Module]) -> type[nn.Module]:
 
 
 def quant_module_for(float_cls: type) -> type[nn.Module] | None:
-    """The Quant class registered for exactly this type, or None (subclasses are not matched)."""
+    """The Quant class registered for exactly this type, or None (subclasses are not matched, except the
+    ``Parametrized<Class>`` that ``torch.nn.utils.parametrize`` generates: it maps to its class's twin)."""
     _ensure_defaults()
     found = _MODULES.get(float_cls)
     if found is None and _LAZY_MODULES:
         _load_lazy(float_cls)
         found = _MODULES.get(float_cls)
+    if found is None and isinstance(float_cls, type):
+        from quantrewrite.nn.modules.parametrized import original_class
+
+        original = original_class(float_cls)
+        if original is not float_cls:
+            return quant_module_for(original)
     return found
 
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from quantrewrite.config import QuantConfig, QuantConfigError
 from quantrewrite.descriptor import QuantDescriptor
+from quantrewrite.nn.modules.parametrized import effective_weights
 
 __all__ = ["check_weights"]
 
@@ -27,13 +28,6 @@ class _Problem:
     expected: str
     value: object
     layers: list[str] = field(default_factory=list)
-
-
-def _weights(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
-    """The tensors a module's weight descriptor applies to: its parameters named ``weight`` or ``*_weight``
-    (conv and linear weights, the packed in-projection of attention and its ``out_proj.weight``)."""
-    return [(name, p) for name, p in module.named_parameters()
-            if name.rsplit(".", 1)[-1] == "weight" or name.endswith("_weight")]
 
 
 def _broadcasts_to(shape: tuple[int, ...], target: tuple[int, ...]) -> bool:
@@ -72,7 +66,7 @@ def check_weights(config: QuantConfig, modules: list[tuple[str, nn.Module, Quant
     for name, module, desc, rules in modules:
         if desc is None:
             continue
-        for tensor_name, weight in _weights(module):
+        for tensor_name, weight in effective_weights(module):
             found = _weight_problem(desc, weight)
             if found is None:
                 continue

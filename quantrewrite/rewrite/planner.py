@@ -25,6 +25,7 @@ from quantrewrite.descriptor import (
     QUANT_DESC_8BIT_PER_TENSOR,
     QuantDescriptor,
 )
+from quantrewrite.nn.modules.parametrized import computed_weight_note, original_class, unsupported_reason
 from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 from quantrewrite.placement.rules import is_candidate
@@ -141,21 +142,24 @@ def _plan_modules(model: nn.Module, cfg: QuantConfig, rp: RewritePlan) -> None:
             continue
         unsupported = getattr(quant_cls, "unsupported", None)
         why_not = unsupported(module) if unsupported is not None else None
+        why_not = why_not or unsupported_reason(module, quant_cls)
         if why_not:
             rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, f"{quant_cls.__name__}: {why_not}"))
             continue
         class_input, class_weight = _class_defaults(quant_cls)
-        default = getattr(quant_cls, "enabled_by_default", True) or is_candidate(_target(cfg), type_name)
-        res = cfg.resolve(name, "module", type_name, class_input, class_weight, default_quantize=default)
+        config_name = original_class(type(module)).__name__  # ParametrizedConv1d is configured as Conv1d
+        default = getattr(quant_cls, "enabled_by_default", True) or is_candidate(_target(cfg), config_name)
+        res = cfg.resolve(name, "module", config_name, class_input, class_weight, default_quantize=default)
         if not res.quantize:
             rp.plan.entries.append(PlanEntry(name, "module", type_name, SKIP, res.reason, res.rules))
             continue
         swapped.add(name)
         weight = from_config_axes(quant_cls, res.weight)
         quantizers = tuple(_qualify(name, attr) for attr in _quantizer_attrs(quant_cls))
+        quant_name = quant_cls.__name__ if config_name == type_name else f"Parametrized{quant_cls.__name__}"
+        note = "; ".join(n for n in (layout_note(quant_cls, res.weight, weight), computed_weight_note(module)) if n)
         rp.plan.entries.append(PlanEntry(name, "module", type_name, QUANTIZE, None, res.rules, res.input,
-                                         weight, quantizers, _disabled(cfg, quantizers), quant_cls.__name__,
-                                         note=layout_note(quant_cls, res.weight, weight)))
+                                         weight, quantizers, _disabled(cfg, quantizers), quant_name, note=note))
         rp.modules.append(ModuleAction(name, module, quant_cls, res.input, weight, res.rules))
 
 

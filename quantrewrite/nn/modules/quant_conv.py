@@ -55,6 +55,8 @@ _CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_trans
 class _QuantConvNd(QuantMixin):
     """Shared forward of QuantConv{1,2,3}d; comes before the float class in the bases so its forward wins."""
 
+    supports_parametrized_weight = True  # the forward reads self.weight: a parametrized weight is evaluated
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         # The float module's _conv_forward applies padding_mode ("reflect", "circular", ...) as nn.Conv does.
         weight = self._weight_quantizer(self.weight)
@@ -65,6 +67,7 @@ class _QuantConvTransposeNd(QuantMixin):
     """Shared forward of QuantConvTranspose{1,2,3}d, mirroring the float forward (output_size included)."""
 
     _num_spatial_dims: int
+    supports_parametrized_weight = True
 
     def forward(self, input: torch.Tensor, output_size: list[int] | None = None) -> torch.Tensor:
         if self.padding_mode != "zeros":

@@ -30,6 +30,7 @@ class QuantLinear(nn.Linear, QuantMixin):
 
     default_quant_desc_input = QUANT_DESC_8BIT_PER_TENSOR
     default_quant_desc_weight = QUANT_DESC_8BIT_LINEAR_WEIGHT_PER_ROW
+    supports_parametrized_weight = True
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device: Any = None,
                  dtype: Any = None, **kwargs: Any) -> None:

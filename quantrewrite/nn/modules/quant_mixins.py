@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from quantrewrite.descriptor import QUANT_DESC_8BIT_PER_TENSOR, QuantDescriptor
+from quantrewrite.nn.modules.parametrized import hook_weight_norm_names, parametrize_like, parametrized_names
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 
 __all__ = ["QuantInputMixin", "QuantMixin", "pop_quant_desc_in_kwargs"]
@@ -55,19 +56,30 @@ def _shell_from_float(quant_cls: type, module: nn.Module) -> nn.Module:
     base = _float_base(quant_cls)
     if not isinstance(module, base):
         raise TypeError(f"{quant_cls.__name__}.from_float expects a {base.__name__}, got {type(module).__name__}")
+    computed = parametrized_names(module) + hook_weight_norm_names(module)
+    if computed and not getattr(quant_cls, "supports_parametrized_weight", False):
+        raise TypeError(f"{quant_cls.__name__}.from_float: {computed} of this {base.__name__} are computed by a "
+                        f"parametrization or weight-norm hook, which {quant_cls.__name__} does not support")
     quant = quant_cls.__new__(quant_cls)
     # Containers (parameters, buffers, children, hooks) are copied so that adding quantizers to the new
     # module leaves the float module as it was; the tensors themselves are shared.
     state = {key: copy.copy(value) if isinstance(value, (dict, set)) else value
              for key, value in module.__dict__.items()}
     quant.__dict__.update(state)
+    parametrize_like(quant, module)  # a parametrized layer's twin evaluates the same parametrizations
     return quant
 
 
 class _QuantizerDefaults:
-    """Class-level default descriptors and the classmethods that change them for one class only."""
+    """Class-level default descriptors and the classmethods that change them for one class only.
+
+    ``supports_parametrized_weight``: whether the forward reads its tensors as attributes (``self.weight``),
+    so a layer whose weight a parametrization or the weight-norm hook computes can be swapped for it
+    (``parametrized.py``).
+    """
 
     default_quant_desc_input: QuantDescriptor = QUANT_DESC_8BIT_PER_TENSOR
+    supports_parametrized_weight: bool = False
 
     @classmethod
     def set_default_quant_desc_input(cls, value: QuantDescriptor) -> None:
