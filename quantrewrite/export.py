@@ -24,7 +24,6 @@ Example:
 
 from __future__ import annotations
 
-import contextvars
 import dataclasses
 import functools
 import logging
@@ -37,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantrewrite.export_dynamo import dynamo_qdq, translations
+from quantrewrite.export_dynamo import dynamo_qdq, symbolic_nodes_available
 from quantrewrite.export_fp8 import fp8_qdq
 from quantrewrite.export_io import BATCH, ExampleInputs, KeywordCall, batch_dynamic_axes, bind_example, output_names_of
 from quantrewrite.export_report import ExportReport, TensorSpec
@@ -52,10 +51,6 @@ __all__ = ["ExportError", "ExportReport", "TensorSpec", "export_onnx", "export_p
 logger = logging.getLogger(__name__)
 
 EXPORTERS = ("torchscript", "dynamo")
-# True while export_onnx runs the dynamo exporter with its translations of the quantized_decomposed ops. A direct
-# torch.onnx.export call has no such table: quantizers then emit torch's fake_quantize ops, which its own
-# translation writes as QuantizeLinear/DequantizeLinear (static shapes).
-_DYNAMO_QDQ: contextvars.ContextVar[bool] = contextvars.ContextVar("quantrewrite_dynamo_qdq", default=False)
 DEFAULT_OPSET = 17
 DYNAMO_MIN_OPSET = 18  # the torch.export-based exporter implements opset 18 and later
 _TORCHSCRIPT_DEPRECATIONS = (r"You are using the legacy TorchScript-based ONNX export",
@@ -114,10 +109,10 @@ def quantize_for_export(quantizer: TensorQuantizer, inputs: torch.Tensor) -> tor
     min_bound, max_bound = quant_bounds(8, quantizer.unsigned, narrow_range=False)
     scale = amax / max_bound
     per_tensor = amax.dim() == 0 or quantizer.axis is None
-    if not torch.jit.is_tracing() and _DYNAMO_QDQ.get():  # export_onnx's dynamo run (see export_dynamo)
+    if not torch.jit.is_tracing() and symbolic_nodes_available():  # the dynamo exporter (see export_dynamo)
         scale = scale.reshape(()) if per_tensor else scale.reshape(-1)
         axis = None if per_tensor else quantizer.axis[0] % x.dim()
-        out = dynamo_qdq(x, scale, axis, int(min_bound), int(max_bound), quantizer.unsigned)
+        out = dynamo_qdq(x, scale, axis, quantizer.unsigned)
     elif per_tensor:
         scale = scale if scale.dim() == 0 else scale.reshape(())
         zero_point = torch.zeros((), dtype=torch.int32, device=x.device)
@@ -189,12 +184,8 @@ def _run_exporter(model: nn.Module, inputs: ExampleInputs, path: str, exporter: 
         # Q/DQ on weights). A folded weight pair (int8 initializer + DequantizeLinear) is still counted.
         options.update(dynamo=False, do_constant_folding=True)
     else:
-        options.update(dynamo=True, verbose=False, custom_translation_table=translations())
-    token = _DYNAMO_QDQ.set(exporter == "dynamo")
-    try:
-        return _export_file(target, args, path, exporter, options)
-    finally:
-        _DYNAMO_QDQ.reset(token)
+        options.update(dynamo=True, verbose=False)
+    return _export_file(target, args, path, exporter, options)
 
 
 def _export_file(target: Any, args: Any, path: str, exporter: str, options: dict[str, Any]) -> list[str]:
