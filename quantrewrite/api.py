@@ -15,7 +15,7 @@ from torch import nn
 
 from quantrewrite.config import QuantConfig, QuantConfigError, load_config
 from quantrewrite.nn.modules.parametrized import hook_weight_norm_names
-from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer, name_quantizers
 from quantrewrite.patterns import compile_pattern, pattern_matches
 from quantrewrite.plan import Plan
 from quantrewrite.rewrite.apply import apply_plan
@@ -153,6 +153,7 @@ def quantize_model(model: nn.Module, cfg: Any = None, *, example_inputs: Any = N
         work = model if inplace else _copy_model(model)
         rp = _prepare(work, config, concrete_args, leaf_modules, strict, example_inputs)
         result = apply_plan(work, rp)
+    name_quantizers(result)  # messages about a quantizer (or its calibrator) start with its name
     result.quant_plan = rp.plan
     return result
 

@@ -26,7 +26,7 @@ from torch import nn
 from quantrewrite import calib, range_search
 from quantrewrite.calib import distributed, groups
 from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
-from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer, name_quantizers
 from quantrewrite.output_metrics import feed_batch
 
 __all__ = ["AUTO_SCORE_BATCHES", "CALIB_METHODS", "DEFAULT_METHOD", "HISTOGRAM_METHODS", "CalibrationResult",
@@ -66,13 +66,14 @@ class CalibrationResult:
 
 
 def _calibratable(model: nn.Module) -> tuple[dict[str, TensorQuantizer], list[str]]:
+    """The enabled quantizers with a calibrator, and the names of the others; every quantizer gets its name
+    (its messages and its calibrator's name it)."""
     chosen, skipped = {}, []
-    for name, module in model.named_modules():
-        if isinstance(module, TensorQuantizer):
-            if module.is_enabled and module.calibrator is not None:
-                chosen[name] = module
-            else:
-                skipped.append(name)
+    for name, module in name_quantizers(model).items():
+        if module.is_enabled and module.calibrator is not None:
+            chosen[name] = module
+        else:
+            skipped.append(name)
     return chosen, skipped
 
 

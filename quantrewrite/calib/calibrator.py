@@ -47,9 +47,12 @@ class _Calibrator(abc.ABC):
         axis: None for one amax per tensor, or the dim(s) that keep their own amax (int or tuple of ints,
             negative allowed), as in ``QuantDescriptor``.
         unsigned: whether the quantizer is unsigned.
+        owner: the qualified name of the quantizer this calibrator serves (a TensorQuantizer keeps it up to
+            date, see ``TensorQuantizer.name``); messages about the calibrator start with it.
     """
 
-    def __init__(self, num_bits: int = 8, axis: int | Sequence[int] | None = None, unsigned: bool = False):
+    def __init__(self, num_bits: int = 8, axis: int | Sequence[int] | None = None, unsigned: bool = False, *,
+                 owner: str | None = None):
         if isinstance(num_bits, bool) or not isinstance(num_bits, int) or num_bits < 1:
             raise ValueError(f"num_bits: expected an int >= 1, got {num_bits!r}")
         self._num_bits = num_bits
@@ -57,6 +60,13 @@ class _Calibrator(abc.ABC):
         self._axis_dims = _check_axis(axis)
         self._unsigned = bool(unsigned)
         self._num_batches = 0
+        self.owner = owner
+
+    @property
+    def subject(self) -> str:
+        """How warnings and errors name this calibrator: ``"<quantizer name>: MaxCalibrator"`` when its owner is
+        known, else the class name alone."""
+        return f"{self.owner}: {type(self).__name__}" if self.owner else type(self).__name__
 
     @property
     def num_bits(self) -> int:
@@ -82,9 +92,9 @@ class _Calibrator(abc.ABC):
         """Record statistics of one batch. Never differentiable: ``x`` is detached. Integer tensors are cast to
         float32 (exact up to 2^24)."""
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{type(self).__name__}.collect: expected a torch.Tensor, got {type(x).__name__}")
+            raise TypeError(f"{self.subject}.collect: expected a torch.Tensor, got {type(x).__name__}")
         if x.dtype == torch.bool or x.is_complex():
-            raise TypeError(f"{type(self).__name__}.collect: expected a real number tensor, got {x.dtype}")
+            raise TypeError(f"{self.subject}.collect: expected a real number tensor, got {x.dtype}")
         if not x.is_floating_point():  # integer data (e.g. uint8 pixels): counted as float32, as the original does
             x = x.float()
         with torch.no_grad():

@@ -92,6 +92,7 @@ class HistogramCalibrator(_Calibrator):
         grow_method: deprecated and ignored (as in pytorch-quantization).
         skip_zeros: drop exact zeros before counting.
         torch_hist: count on the input's device (default); False counts on CPU. Both give the same counts.
+        owner: the name of the quantizer it serves (see ``_Calibrator``).
 
     Example:
         >>> calib = HistogramCalibrator(num_bins=4)
@@ -102,15 +103,15 @@ class HistogramCalibrator(_Calibrator):
 
     def __init__(self, num_bits: int = 8, axis: int | tuple[int, ...] | None = None, unsigned: bool = False,
                  num_bins: int = 2048, grow_method: str | None = None, skip_zeros: bool = False,
-                 torch_hist: bool = True):
-        super().__init__(num_bits, axis, unsigned)
+                 torch_hist: bool = True, *, owner: str | None = None):
+        super().__init__(num_bits, axis, unsigned, owner=owner)
         if axis is not None:
-            raise ValueError(f"HistogramCalibrator: axis must be None, got {axis!r}; per-channel histograms "
+            raise ValueError(f"{self.subject}: axis must be None, got {axis!r}; per-channel histograms "
                              "are not supported (use MaxCalibrator for per-channel amax)")
         if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
             raise ValueError(f"num_bins: expected an int >= 1, got {num_bins!r}")
         if grow_method is not None:
-            logger.warning("HistogramCalibrator: grow_method is deprecated and ignored (got %r)", grow_method)
+            logger.warning("%s: grow_method is deprecated and ignored (got %r)", self.subject, grow_method)
         self._num_bins = num_bins
         self._skip_zeros = bool(skip_zeros)
         self._torch_hist = bool(torch_hist)
@@ -177,7 +178,7 @@ class HistogramCalibrator(_Calibrator):
         lo, hi = torch.aminmax(x)
         x_max = max(hi.item(), -lo.item())
         if not math.isfinite(x_max):
-            raise ValueError(f"HistogramCalibrator.collect: input contains non-finite values (max |x| {x_max})")
+            raise ValueError(f"{self.subject}.collect: input contains non-finite values (max |x| {x_max})")
         self._max = max(self._max, x_max)
         if self._counts is None:
             if x_max == 0.0:

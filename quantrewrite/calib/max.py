@@ -15,18 +15,19 @@ class AmaxShapeChangedError(ValueError, RuntimeError):
     """A batch gives a per-channel amax of another shape (a RuntimeError in pytorch-quantization)."""
 
 
-def _abs_max(x: torch.Tensor, kept: tuple[int, ...] | None) -> torch.Tensor:
-    """max |x| in float32: a 0-d tensor for ``kept`` None, else reduced over the other dims, keepdim."""
+def _abs_max(x: torch.Tensor, kept: tuple[int, ...] | None, subject: str) -> torch.Tensor:
+    """max |x| in float32: a 0-d tensor for ``kept`` None, else reduced over the other dims, keepdim.
+    ``subject`` names the calibrator in errors."""
     if kept is None:
         if x.numel() == 0:
-            raise ValueError("MaxCalibrator.collect: got an empty tensor")
+            raise ValueError(f"{subject}.collect: got an empty tensor")
         lo, hi = torch.aminmax(x)
         return torch.maximum(hi, -lo).float()
     reduce = tuple(d for d in range(x.dim()) if d not in kept)
     if not reduce:  # every dim keeps its own amax
         return x.abs().float()
     if any(x.shape[d] == 0 for d in reduce):
-        raise ValueError(f"MaxCalibrator.collect: got an empty tensor of shape {list(x.shape)}")
+        raise ValueError(f"{subject}.collect: got an empty tensor of shape {list(x.shape)}")
     # max |x| = max(max x, -min x): two reductions, no |x| temporary. Exact in the input dtype.
     return torch.maximum(x.amax(dim=reduce, keepdim=True), -x.amin(dim=reduce, keepdim=True)).float()
 
@@ -41,6 +42,7 @@ class MaxCalibrator(_Calibrator):
             broadcasts against the input.
         unsigned: whether the quantizer is unsigned.
         track_amax: keep every batch's amax in ``amaxs``.
+        owner: the name of the quantizer it serves (see ``_Calibrator``).
 
     State lives on the device of the last input; fp16/bf16 inputs give a float32 amax.
 
@@ -52,8 +54,8 @@ class MaxCalibrator(_Calibrator):
     """
 
     def __init__(self, num_bits: int = 8, axis: int | Sequence[int] | None = None, unsigned: bool = False,
-                 track_amax: bool = False):
-        super().__init__(num_bits, axis, unsigned)
+                 track_amax: bool = False, *, owner: str | None = None):
+        super().__init__(num_bits, axis, unsigned, owner=owner)
         self._track_amax = bool(track_amax)
         self._amax: torch.Tensor | None = None
         self._amaxs: list[torch.Tensor] = []
@@ -75,14 +77,15 @@ class MaxCalibrator(_Calibrator):
 
     def _collect(self, x: torch.Tensor) -> None:
         kept = None if self._axis_dims is None else normalize_axis(self._axis_dims, x.dim())
-        local = _abs_max(x, kept)
+        local = _abs_max(x, kept, self.subject)
         if self._amax is None:
             self._amax = local
         else:
             if local.shape != self._amax.shape:
-                raise AmaxShapeChangedError(f"MaxCalibrator(axis={self._axis}): the per-channel amax shape changed "
-                                 f"from {list(self._amax.shape)} to {list(local.shape)} (input shape "
-                                 f"{list(x.shape)}); every batch must have the same size along the axis")
+                raise AmaxShapeChangedError(
+                    f"{self.subject}(axis={self._axis}): the per-channel amax shape changed from "
+                    f"{list(self._amax.shape)} to {list(local.shape)} (input shape {list(x.shape)}); every batch "
+                    "must have the same size along the axis")
             self._amax = torch.maximum(self._amax.to(local.device), local)
         if self._track_amax:
             self._amaxs.append(local.cpu())

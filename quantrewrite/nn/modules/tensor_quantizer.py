@@ -34,7 +34,7 @@ from quantrewrite.nn.modules.tensor_quantizer_compat import (
 )
 from quantrewrite.tensor_quant import FP8_E4M3_MAX, QuantGrid, prepare_grid, quant_bounds, quantize_with_grid
 
-__all__ = ["AmaxShapeError", "CalibrationError", "TensorQuantizer"]
+__all__ = ["AmaxShapeError", "CalibrationError", "TensorQuantizer", "name_quantizers"]
 
 logger = logging.getLogger(__name__)
 
@@ -86,14 +86,14 @@ class CalibrationError(RuntimeError):
     """A calibrator cannot produce an amax (it saw no data, or was asked for the wrong method)."""
 
 
-def _make_calibrator(desc: QuantDescriptor):
+def _make_calibrator(desc: QuantDescriptor, owner: str | None):
     from quantrewrite import calib
 
     # Calibrators need an integer grid of >= 1 bit; FP8 calibrates as if 8-bit (amax is what matters).
     num_bits = 8 if desc.is_fp8 else max(desc.num_bits, 1)
     if desc.calib_method == "histogram":
-        return calib.HistogramCalibrator(num_bits, desc.axis, desc.unsigned)
-    return calib.MaxCalibrator(num_bits, desc.axis, desc.unsigned)
+        return calib.HistogramCalibrator(num_bits, desc.axis, desc.unsigned, owner=owner)
+    return calib.MaxCalibrator(num_bits, desc.axis, desc.unsigned, owner=owner)
 
 
 def reduce_amax(inputs: torch.Tensor, axis: tuple[int, ...] | None) -> torch.Tensor:
@@ -135,6 +135,7 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
 
     # The shared-range group this quantizer belongs to (set by the rewrite; see quantrewrite.calib.groups).
     share_group: str | None = None
+    _name: str | None = None  # see ``name``
 
     def __init__(self, quant_desc: QuantDescriptor | None = None, disabled: bool = False,
                  if_quant: bool = True, if_clip: bool | None = None, if_calib: bool = False):
@@ -162,8 +163,32 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
         if quant_desc.learn_amax:
             init = float(torch.tensor(quant_desc.amax).max()) if quant_desc.amax is not None else 1.0
             self.clip = Clip(-init, init, learn_min=True, learn_max=True)
-        self._calibrator = _make_calibrator(quant_desc)
+        self._calibrator = _make_calibrator(quant_desc, None)
         _kernel_loader.start_loading()  # in the background: the first forward must not wait for numba
+
+    # ------------------------------------------------------------------------------------------- naming
+    @property
+    def name(self) -> str | None:
+        """The quantizer's qualified name in its model (``"layer1.0.conv1._input_quantizer"``), or None.
+
+        A module does not know where it sits in a model, so the name is given: ``quantize_model`` and
+        ``calibrate`` name every quantizer of the model they get (``name_quantizers``). Warnings and errors about
+        the quantizer, and about its calibrator, start with it. Not part of the state_dict.
+        """
+        return self._name
+
+    @name.setter
+    def name(self, value: str | None) -> None:
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"TensorQuantizer.name: expected a str or None, got {type(value).__name__}")
+        self._name = value
+        if self._calibrator is not None:
+            self._calibrator.owner = value
+
+    @property
+    def label(self) -> str:
+        """How messages name this quantizer: its ``name``, or its descriptor when it has none."""
+        return self._name or f"TensorQuantizer({self._descriptor})"
 
     # ---------------------------------------------------------------------------- descriptor properties
     @property
@@ -255,10 +280,10 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
     def amax(self, value: Any) -> None:
         """Set the static range: creates the ``_amax`` buffer, or copies into it (same shape only)."""
         if value is None:
-            raise ValueError("amax cannot be set to None; use reset_amax() to make the range dynamic")
+            raise ValueError(f"{self.label}: amax cannot be set to None; use reset_amax() to make the range dynamic")
         value = torch.as_tensor(value).detach().float()
         if not bool((value >= 0).all()) or not bool(torch.isfinite(value).all()):
-            raise ValueError(f"amax must be finite and >= 0, got {value}")
+            raise ValueError(f"{self.label}: amax must be finite and >= 0, got {value}")
         current = self.amax
         if current is None:
             self.register_buffer("_amax", value.clone())
@@ -298,7 +323,7 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
         if axis is not None and self._descriptor.calib_method == "histogram":
             changes["calib_method"] = "max"
         self._replace_descriptor(**changes)
-        self._calibrator = _make_calibrator(self._descriptor)
+        self._calibrator = _make_calibrator(self._descriptor, self._name)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs):
@@ -367,9 +392,9 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
         A per-channel amax starts the (scalar) bounds at its max.
         """
         if not self.learn_amax:
-            raise ValueError("init_learn_amax() needs a descriptor with learn_amax=True")
+            raise ValueError(f"{self.label}: init_learn_amax() needs a descriptor with learn_amax=True")
         if self.amax is None:
-            raise CalibrationError("init_learn_amax() needs a calibrated amax; calibrate first")
+            raise CalibrationError(f"{self.label}: init_learn_amax() needs a calibrated amax; calibrate first")
         amax = self.amax.max().to(self.clip.clip_value_max.device)
         with torch.no_grad():
             self.clip.clip_value_min.copy_(-amax)
@@ -396,21 +421,22 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
         from quantrewrite import calib
 
         if self._calibrator is None:
-            raise CalibrationError("this quantizer has no calibrator")
+            raise CalibrationError(f"{self.label}: this quantizer has no calibrator")
         if isinstance(self._calibrator, calib.MaxCalibrator):
             if method not in (None, "max") or kwargs:
                 given = repr(method) if method not in (None, "max") else f"options {sorted(kwargs)}"
-                raise ValueError(f"{given} given, but this quantizer uses a MaxCalibrator, which takes no "
-                                 "method or options; use calib_method='histogram' for entropy/percentile/mse")
+                raise ValueError(f"{self.label}: {given} given, but this quantizer uses a MaxCalibrator, which "
+                                 "takes no method or options; use calib_method='histogram' for "
+                                 "entropy/percentile/mse")
             amax = self._calibrator.compute_amax()
         else:
             if method is None:
-                raise ValueError(f"a histogram calibrator needs a method: one of {list(calib.histogram.METHODS)}")
+                raise ValueError(f"{self.label}: a histogram calibrator needs a method: one of "
+                                 f"{list(calib.histogram.METHODS)}")
             amax = self._calibrator.compute_amax(method, **kwargs)
         if amax is None:
-            message = (f"Calibrator returned None: {type(self._calibrator).__name__} saw no data: no batch reached "
-                       "this quantizer while "
-                       "calibration was on (an unused branch?)")
+            message = (f"{self.label}: its {type(self._calibrator).__name__} saw no data: no batch reached this "
+                       "quantizer while calibration was on (an unused branch, or a quantizer that was disabled?)")
             if strict:
                 raise CalibrationError(message + "; pass strict=False to keep its amax unchanged")
             logger.warning("%s; its amax is unchanged", message)
@@ -554,3 +580,15 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
         parts.extend(flag for flag, on in (("quant", self._if_quant), ("clip", self._if_clip),
                                            ("calib", self._if_calib)) if on)
         return " ".join(parts)
+
+
+def name_quantizers(model: nn.Module) -> dict[str, TensorQuantizer]:
+    """Give every TensorQuantizer of ``model`` its qualified name (``TensorQuantizer.name``, which its messages
+    and its calibrator's start with) and return them by name, in module order. A quantizer reached under two
+    names keeps the first, as ``named_modules`` lists it."""
+    found = {}
+    for qualified, module in model.named_modules():
+        if isinstance(module, TensorQuantizer):
+            module.name = qualified or "<root>"
+            found[qualified] = module
+    return found
