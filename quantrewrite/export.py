@@ -88,8 +88,8 @@ def quantize_for_export(quantizer: TensorQuantizer, inputs: torch.Tensor) -> tor
     in magnitude. ``export_onnx`` warns about both (TensorRT wants positive scales).
     """
     problems = quantizer_problems(quantizer)
-    if problems:  # torch.onnx.export called directly: the quantizer's name is unknown here
-        label = f"TensorQuantizer({quantizer.quant_desc})"  # not extra_repr: it reads amax (tracer warnings)
+    if problems:  # torch.onnx.export called directly (export_onnx checks before exporting)
+        label = quantizer.label  # its name, or its descriptor (not extra_repr: it reads amax, tracer warnings)
         raise ExportError(problems_message({label: problems}), {label: problems})
     if quantizer.is_clip_enabled and hasattr(quantizer, "clip"):
         low, high = quantizer.clip.clip_value_min, quantizer.clip.clip_value_max

@@ -104,3 +104,14 @@ def test_name_quantizers_root_and_shared_instance():
     assert list(name_quantizers(model)) == ["0"]
     assert shared.name == "0"
     assert name_quantizers(shared) == {"": shared} and shared.name == "<root>"
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_direct_export_refusal_names_the_quantizer(tmp_path):
+    pytest.importorskip("onnx")
+    from quantrewrite import ExportError
+
+    qmodel = quantize_model(small_model(), "w4a8")
+    calibrate(qmodel, [torch.randn(3, 4)], method="max")
+    with pytest.raises(ExportError, match=r"\n  0\._weight_quantizer: num_bits=4"):
+        torch.onnx.export(qmodel, (torch.randn(3, 4),), str(tmp_path / "m.onnx"), dynamo=False)
