@@ -219,7 +219,9 @@ BAD_INPUT = [
     ("percentile-out-of-range", ["quantize", "{d}/factory.py:build", "-c", "int8_max", "--calib", "digits",
                                  "--percentile", "101"], 2, "--percentile"),
     ("missing-calib", ["quantize", "{d}/factory.py:build", "-c", "int8_max"], 2, "--calib"),
-    ("unknown-command", ["quantise"], 2, "invalid choice"),
+    ("mistyped-command", ["quantise"], 2, ("unknown command 'quantise'; did you mean 'quantize'? "
+                                          "(see 'quantrewrite quantize --help')")),
+    ("unknown-command", ["frobnicate"], 2, "invalid choice: 'frobnicate' (choose from 'plan', 'quantize'"),
     ("no-command", [], 2, "required"),
 ]
 
@@ -287,10 +289,11 @@ def test_unknown_option_of_a_subcommand_points_to_its_help(files, capsys):
     code, _, err = run(capsys, "quantize", f"{files}/factory.py:build", "-c", "int8_max", "--calib", "digits",
                        "--methd", "max")
     assert code == 2
-    assert_one_error_line(err, "unrecognized arguments: --methd max (see 'quantrewrite quantize --help')")
-    code, _, err = run(capsys, "quantise")
+    assert_one_error_line(err, "unrecognized arguments: --methd max (did you mean --method? see 'quantrewrite "
+                               "quantize --help')")
+    code, _, err = run(capsys, "plan", f"{files}/factory.py:build", "--bogus")
     assert code == 2
-    assert_one_error_line(err, "invalid choice")
+    assert_one_error_line(err, "unrecognized arguments: --bogus (see 'quantrewrite plan --help')")
 
 
 def test_int_arguments_name_their_bound():

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from quantrewrite.cli.errors import CLIError, UsageError
+from quantrewrite.cli.messages import first_line, load_refusal
 from quantrewrite.descriptor import did_you_mean
 
 __all__ = ["CLIError", "UsageError", "check_model_accepts", "describe_batch", "load_batches", "load_model",
@@ -29,13 +30,8 @@ DEFAULT_RANDOM_BATCHES = 4
 SEED = 0
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _raised(error: BaseException) -> str:
-    return f"{type(error).__name__}: {_first_line(error)}"
+    return f"{type(error).__name__}: {first_line(error)}"
 
 
 # ------------------------------------------------------------------------------------------------------ MODEL
@@ -66,7 +62,7 @@ def _import_module(target: str) -> Any:
     try:
         return importlib.import_module(target)
     except ModuleNotFoundError as error:
-        raise CLIError(f"MODEL: cannot import {target!r}: {_first_line(error)}") from error
+        raise CLIError(f"MODEL: cannot import {target!r}: {first_line(error)}") from error
     except Exception as error:
         raise CLIError(f"MODEL: importing {target!r} raised {_raised(error)}") from error
 
@@ -138,7 +134,7 @@ def _load_file(path: Path, batch_size: int | None) -> list[Any]:
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as error:
-        raise CLIError(f"DATA: cannot load {path} with torch.load(weights_only=True): {_raised(error)}") from error
+        raise CLIError(load_refusal(path, error)) from error
     if isinstance(data, torch.Tensor):
         if data.dim() == 0 or data.shape[0] == 0:
             raise CLIError(f"DATA: {path} holds a tensor of shape {tuple(data.shape)}; expected samples along dim 0")

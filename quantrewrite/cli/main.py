@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
+import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
@@ -11,6 +13,7 @@ from collections.abc import Callable, Sequence
 from quantrewrite.cli import sensitivity as sensitivity_cli
 from quantrewrite.cli.arg_types import int_at_least
 from quantrewrite.cli.errors import CLIError, UsageError
+from quantrewrite.cli.messages import plain_text, warning_line
 from quantrewrite.cli.placement import add_parser as add_placement_parser
 from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
 
@@ -48,7 +51,30 @@ class _Parser(argparse.ArgumentParser):
     """argparse, with its errors raised as UsageError so that main prints them as one line."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
+        mistyped = re.match(r"argument COMMAND: invalid choice: '([^']*)'", message)
+        if mistyped:  # a mistyped subcommand: name the closest one and point to its help
+            close = difflib.get_close_matches(mistyped.group(1), list(_subcommands(self)), n=1)
+            if close:
+                raise UsageError(f"unknown command {mistyped.group(1)!r}; did you mean {close[0]!r}? "
+                                 f"(see '{self.prog} {close[0]} --help')")
         raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """Subcommand name -> its parser (empty for a subcommand's own parser)."""
+    return next((action.choices for action in parser._actions if isinstance(action, argparse._SubParsersAction)),
+                {})
+
+
+def _unknown_options(parser: argparse.ArgumentParser, command: str | None, extra: list[str]) -> str:
+    """The message for arguments the (sub)command does not take, with the closest option of each."""
+    if command is not None:
+        parser = _subcommands(parser)[command]
+    options = [option for action in parser._actions for option in action.option_strings]
+    hints = [close[0] for word in extra if word.startswith("-")
+             for close in [difflib.get_close_matches(word.split("=")[0], options, n=1)] if close]
+    hint = f"did you mean {', '.join(hints)}? " if hints else ""
+    return f"unrecognized arguments: {' '.join(extra)} ({hint}see '{PROG}{' ' + command if command else ''} --help')"
 
 
 _positive_int = int_at_least(1)
@@ -182,11 +208,27 @@ def _reported(error: Exception) -> bool:
 
 
 def _one_line(text: str) -> str:
-    return "; ".join(line.strip() for line in str(text).strip().splitlines() if line.strip())
+    return "; ".join(line.strip() for line in plain_text(str(text)).strip().splitlines() if line.strip())
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    print(f"{PROG}: warning: {_one_line(message)}", file=sys.stderr)
+class _WarningPrinter:
+    """``warnings.showwarning`` for one command: each warning once, as ``quantrewrite: warning: ...``, another
+    library's or the user's code's with its class and place (see ``messages.warning_line``).
+
+    torch's TracerWarnings are not printed here: they arise only while torch traces for the ONNX export, and
+    ``export_onnx``'s report (which the command prints) lists each once with the line of the model it points to.
+    """
+
+    def __init__(self) -> None:
+        self.shown: set[str] = set()
+
+    def __call__(self, message, category, filename, lineno, file=None, line=None) -> None:
+        if category.__name__ == "TracerWarning" and category.__module__.startswith("torch"):
+            return
+        text = warning_line(message, category, filename, lineno)
+        if text not in self.shown:
+            self.shown.add(text)
+            print(f"{PROG}: warning: {text}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -195,9 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args, extra = parser.parse_known_args(argv)
         if extra:  # after a subcommand: its own --help lists the options it takes
-            command = getattr(args, "command", None)
-            raise UsageError(f"unrecognized arguments: {' '.join(extra)} "
-                             f"(see '{PROG}{' ' + command if command else ''} --help')")
+            raise UsageError(_unknown_options(parser, getattr(args, "command", None), extra))
     except UsageError as error:
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return error.exit_code
@@ -205,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 0
     with warnings.catch_warnings():
         warnings.simplefilter("default")
-        warnings.showwarning = _show_warning
+        warnings.showwarning = _WarningPrinter()
         try:
             return args.run(args)
         except KeyboardInterrupt:
