@@ -41,7 +41,7 @@ def load_refusal(path: Path, error: BaseException) -> str:
     detail = _UNPICKLER_ERROR.search(text)
     if "weights only load failed" in text.lower():
         reason = " ".join(detail.group(1).split()) if detail else first_line(error)
-        return (f"DATA: {path} cannot be read with torch.load(weights_only=True) (WeightsUnpickler error: "
+        return (f"DATA: cannot load {path} with torch.load(weights_only=True) (WeightsUnpickler error: "
                 f"{reason}): is it a file written by torch.save? {_SAVE_HINT}")
     return (f"DATA: cannot load {path} with torch.load(weights_only=True) ({type(error).__name__}: "
             f"{first_line(error)}): expected a file written by torch.save holding a tensor or a list of batches")
