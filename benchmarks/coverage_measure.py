@@ -31,9 +31,9 @@ from torch.nn.modules.module import register_module_forward_hook
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from coverage_models import CoverageCase, build  # noqa: E402
+from coverage_models import CoverageCase, build
 
-from quantrewrite.export_io import tensor_leaves  # noqa: E402
+from quantrewrite.export_io import tensor_leaves
 
 CALIB_SEEDS, TEST_SEED = (1, 2), 3
 ATTENTION_OPS = ("matmul", "bmm", "baddbmm", "sdpa", "einsum")

@@ -108,7 +108,8 @@ def swin() -> CoverageCase:
 def convnext() -> CoverageCase:
     import transformers as t
 
-    config = t.ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], patch_size=4, image_size=32)
+    config = t.ConvNextConfig(num_channels=3, num_stages=2, hidden_sizes=[8, 16], depths=[1, 1], patch_size=4,
+                              image_size=32)
     return _hf("convnext", t.ConvNextModel(config), _pixels(32))
 
 
