@@ -7,4 +7,4 @@ nothing is downloaded at run time. Each module is importable on its own, e.g.
 
 from __future__ import annotations
 
-MODELS = ("efficientnet_lite0", "minilm", "fcpe")  # MTCNN and the easyocr models: not written yet
+MODELS = ("efficientnet_lite0", "minilm", "fcpe", "mtcnn", "craft", "easyocr_recognizer")
