@@ -208,3 +208,18 @@ def test_weight_axis_is_checked_against_the_effective_weight(hook: bool) -> None
     cfg = {"version": 1, "modules": {"Conv1d": {"weight": {"axis": 3}}}}
     with pytest.raises(QuantConfigError, match=r"modules\.Conv1d\.weight\.axis.*got 3.*conv \(\w*Conv1d \[8, 4, 3\]\)"):
         quantize_model(Net(hook=hook), cfg)
+
+
+def test_plan_of_a_training_spectral_norm_layer_changes_nothing() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(parametrizations.spectral_norm(nn.Linear(8, 8)), nn.ReLU()).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert any(k.endswith("_u") for k in before)  # the power-iteration buffers that a training forward updates
+    entry = plan(model, "int8_max")["0"]
+    assert entry.quantized and "_SpectralNorm" in entry.note
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model[0].training
+    qmodel = quantize_model(model, "int8_max")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    qmodel(torch.randn(2, 8))  # the twin runs the parametrization as the float layer does: u is updated
+    key = "0.parametrizations.weight.0._u"
+    assert not torch.equal(qmodel.state_dict()[key], before[key])

@@ -82,11 +82,26 @@ def effective_weights(module: nn.Module) -> list[tuple[str, torch.Tensor]]:
         if isinstance(sub, parametrize.ParametrizationList):
             continue
         names = [name for name, _ in sub.named_parameters(recurse=False) if is_weight(name)]
-        names += [name for name in parametrized_names(sub) + hook_weight_norm_names(sub) if is_weight(name)]
-        for name in names:
-            with torch.no_grad():
-                found.append((f"{prefix}.{name}" if prefix else name, getattr(sub, name)))
+        names += [name for name in hook_weight_norm_names(sub) if is_weight(name)]
+        found += [(f"{prefix}.{name}" if prefix else name, getattr(sub, name)) for name in names]
+        found += [(f"{prefix}.{name}" if prefix else name, _evaluated(sub, name))
+                  for name in parametrized_names(sub) if is_weight(name)]
     return found
+
+
+def _evaluated(module: nn.Module, name: str) -> torch.Tensor:
+    """The parametrized tensor ``name``, computed without changing anything: no autograd, and the
+    parametrizations in eval mode meanwhile (``spectral_norm`` updates its power-iteration buffers in training
+    mode)."""
+    parametrization = module.parametrizations[name]
+    modes = [(sub, sub.training) for sub in parametrization.modules()]
+    try:
+        parametrization.eval()
+        with torch.no_grad():
+            return getattr(module, name)
+    finally:
+        for sub, training in modes:
+            sub.train(training)
 
 
 def unsupported_reason(module: nn.Module, quant_cls: type) -> str | None:
