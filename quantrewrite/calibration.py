@@ -122,6 +122,22 @@ def load_calib_amax(model: nn.Module, method: str = DEFAULT_METHOD, *, percentil
     ``calibrate``); without ``data`` it keeps each quantizer's candidate with the least quantization error
     on the histogram itself.
     """
+    result = _load_calib_amax(model, method, percentile=percentile, data=data, forward=forward, **kwargs)
+    _warn_no_data(result, stacklevel=2)
+    return result
+
+
+def _warn_no_data(result: CalibrationResult, stacklevel: int) -> None:
+    """One warning naming the quantizers that saw no data, pointing at the caller ``stacklevel`` frames up from
+    the function that calls this one (the user's line, not quantrewrite's)."""
+    if result.no_data:
+        warnings.warn(f"{len(result.no_data)} quantizer(s) saw no calibration data and keep their amax "
+                      f"(dynamic if never set): {', '.join(result.no_data)}", UserWarning, stacklevel=stacklevel + 1)
+
+
+def _load_calib_amax(model: nn.Module, method: str, *, percentile: float, data: Sequence[Any] | None,
+                     forward: Callable[[nn.Module, Any], Any] | None, **kwargs: Any) -> CalibrationResult:
+    """``load_calib_amax`` without its warning."""
     _check_method(method)
     quantizers, skipped = _calibratable(model)
     distributed.synchronize(list(quantizers.values()))
@@ -148,9 +164,6 @@ def load_calib_amax(model: nn.Module, method: str = DEFAULT_METHOD, *, percentil
         result.choices = range_search.search_ranges(model, searched, data, forward or feed_batch)
     elif searched:
         result.choices = range_search.histogram_only(searched)
-    if result.no_data:
-        warnings.warn(f"{len(result.no_data)} quantizer(s) saw no calibration data and keep their amax "
-                      f"(dynamic if never set): {', '.join(result.no_data)}", UserWarning, stacklevel=2)
     return result
 
 
@@ -206,9 +219,10 @@ def calibrate(model: nn.Module, data: Iterable[Any], *, forward: Callable[[nn.Mo
                     kept.append(batch)
         if batches == 0:
             raise ValueError("calibrate: data yielded no batch")
-        result = load_calib_amax(model, method, percentile=percentile, data=kept or None, forward=feed)
+        result = _load_calib_amax(model, method, percentile=percentile, data=kept or None, forward=feed)
     finally:
         model.train(was_training)
+    _warn_no_data(result, stacklevel=2)
     result.batches = batches
     result.seconds = time.perf_counter() - start
     logger.info("calibrated %d quantizers on %d batches in %.2f s", len(result.calibrated), batches,
