@@ -11,9 +11,10 @@ import torch
 from torch import nn
 
 import quantrewrite as qr
-from quantrewrite import calib
-from quantrewrite.calib.candidates import candidate_ranges, clipped_share
+from quantrewrite import calib, range_search
+from quantrewrite.calib.candidates import SAME_RANGE, candidate_ranges, clipped_share
 from quantrewrite.calibration import CALIB_METHODS, DEFAULT_METHOD, calibrate, calibration, load_calib_amax
+from quantrewrite.tensor_quant import fake_tensor_quant
 
 
 def _sqnr(reference: torch.Tensor, test: torch.Tensor) -> float:
@@ -156,3 +157,93 @@ def test_auto_keeps_one_amax_for_a_shared_range_group():
     result = calibrate(qmodel, data, progress=False)
     assert result.choices["a._input_quantizer"] == result.choices["b._input_quantizer"]
     assert torch.equal(qmodel.a._input_quantizer.amax, qmodel.b._input_quantizer.amax)
+
+
+class _OutlierTokens(nn.Module):
+    """A projection followed by a LayerNorm, as a transformer's FFN down-projection feeds the next norm."""
+
+    def __init__(self):
+        super().__init__()
+        self.down = nn.Linear(64, 32)
+        self.norm = nn.LayerNorm(32)
+
+    def forward(self, x):
+        return self.norm(self.down(x))
+
+
+def _outlier_token_batches(n: int = 8, seed: int = 0) -> list[torch.Tensor]:
+    """(4, 16, 64) batches of N(0, 1) with one huge value in token 0 of each sequence (0.1% of the values)."""
+    generator = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n):
+        x = torch.randn(4, 16, 64, generator=generator)
+        x[:, 0, 5] = 300 * (1 + 0.1 * torch.rand(4, generator=generator))
+        batches.append(x)
+    return batches
+
+
+def test_outlier_tokens_before_a_layernorm_are_clipped():
+    """MiniLM's failure, small: a layer-local squared error keeps the range of a few outlier tokens, which
+    the next LayerNorm divides by their own norm, and rounds every other token to zero."""
+    torch.manual_seed(0)
+    model = _OutlierTokens().eval()
+    data = _outlier_token_batches()
+    qmodel = qr.quantize_model(model, "int8_default")
+    with torch.no_grad():
+        reference = torch.cat([model(b) for b in data])
+        with calibration(qmodel):
+            for batch in data:
+                qmodel(batch)
+        single = {}
+        for method in ("max", "entropy", "percentile", "mse"):
+            load_calib_amax(qmodel, method)
+            single[method] = _sqnr(reference, torch.cat([qmodel(b) for b in data]))
+        top = calib.HistogramCalibrator()
+        for batch in data:
+            top.collect(batch)
+        full_range = top.compute_amax("max")
+        result = calibrate(qmodel, data, progress=False)
+        amax = qmodel.down.input_quantizer.amax
+        auto = _sqnr(reference, torch.cat([qmodel(b) for b in data]))
+
+        def layer_error(bound: torch.Tensor) -> float:  # the old score: squared error at the layer's output
+            return sum((model.down(fake_tensor_quant(b, bound)) - model.down(b)).pow(2).sum().item()
+                       for b in data)
+
+        assert layer_error(full_range) < layer_error(amax)  # what the layer-local score preferred
+    assert result.choices["down._input_quantizer"].startswith("percentile")
+    assert amax.item() < 0.1 * full_range.item()
+    assert auto > max(single.values()) + 5, (auto, single)
+
+
+def test_scoring_stops_once_the_owners_hold_their_budget():
+    torch.manual_seed(0)
+    qmodel = qr.quantize_model(nn.Linear(60, 64), "int8_default")
+    data = [torch.randn(4096, 60) for _ in range(6)]  # 262,144 output values per batch > SCORE_ELEMENTS
+    fed = []
+
+    def feed(model, batch):
+        fed.append(batch)
+        return model(batch)
+
+    with torch.no_grad(), calibration(qmodel):
+        for batch in data:
+            qmodel(batch)
+    quantizers = {"_input_quantizer": qmodel.input_quantizer}
+    range_search.search_ranges(qmodel, quantizers, data, feed)
+    assert 1 <= len(fed) <= 3  # one scored batch, plus one per view when the two views disagree
+    fed.clear()
+    range_search.search_ranges(qmodel, quantizers, data, feed, budget=10 ** 9)
+    assert len(fed) >= len(data)  # an unreachable budget scores every batch
+
+
+def test_candidates_within_the_same_range_count_once():
+    histogram = calib.HistogramCalibrator()
+    histogram.collect(torch.randn(100_000, generator=torch.Generator().manual_seed(0)))
+    every = candidate_ranges(histogram)
+    merged = candidate_ranges(histogram, same_range=SAME_RANGE)
+    assert set(merged) <= set(every) and "max" in merged
+    kept = sorted(merged.values())
+    assert all(b - a > SAME_RANGE * b for a, b in zip(kept, kept[1:]))
+    for name, amax in every.items():  # every dropped candidate is within SAME_RANGE of a kept one
+        assert any(abs(amax - k) <= SAME_RANGE * max(amax, k) for k in kept), name
