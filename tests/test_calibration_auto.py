@@ -219,7 +219,7 @@ def test_outlier_tokens_before_a_layernorm_are_clipped():
 def test_scoring_stops_once_the_owners_hold_their_budget():
     torch.manual_seed(0)
     qmodel = qr.quantize_model(nn.Linear(60, 64), "int8_default")
-    data = [torch.randn(4096, 60) for _ in range(6)]  # 262,144 output values per batch > SCORE_ELEMENTS
+    data = [torch.randn(4096, 60) for _ in range(6)]  # 262,144 output values per batch
     fed = []
 
     def feed(model, batch):
@@ -230,7 +230,7 @@ def test_scoring_stops_once_the_owners_hold_their_budget():
         for batch in data:
             qmodel(batch)
     quantizers = {"_input_quantizer": qmodel.input_quantizer}
-    range_search.search_ranges(qmodel, quantizers, data, feed)
+    range_search.search_ranges(qmodel, quantizers, data, feed, budget=2 ** 18)
     assert 1 <= len(fed) <= 3  # one scored batch, plus one per view when the two views disagree
     fed.clear()
     range_search.search_ranges(qmodel, quantizers, data, feed, budget=10 ** 9)
