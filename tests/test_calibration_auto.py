@@ -6,6 +6,8 @@ range "auto" (the default) keeps against a reference computed here from the data
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -244,6 +246,6 @@ def test_candidates_within_the_same_range_count_once():
     merged = candidate_ranges(histogram, same_range=SAME_RANGE)
     assert set(merged) <= set(every) and "max" in merged
     kept = sorted(merged.values())
-    assert all(b - a > SAME_RANGE * b for a, b in zip(kept, kept[1:]))
+    assert all(b - a > SAME_RANGE * b for a, b in itertools.pairwise(kept))
     for name, amax in every.items():  # every dropped candidate is within SAME_RANGE of a kept one
         assert any(abs(amax - k) <= SAME_RANGE * max(amax, k) for k in kept), name
