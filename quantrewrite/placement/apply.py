@@ -182,6 +182,8 @@ def _module_rules(p: _Placer) -> list[ModuleAction]:
         elif isinstance(module, (nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
                                  nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d)):
             deferred.append(action)
+        elif _module_kind(p, action.name) == "pad":
+            pass  # decided by the pad rule
         elif isinstance(module, nn.LayerNorm):
             where = p.module_input(action.name)
             fed_by_conv = where is not None and where[0].backbone(where[1], through_copies=True) is not None
@@ -201,6 +203,12 @@ def _linear_features(module: nn.Module, quant_cls: type) -> tuple[int, int] | No
         return module.in_features, module.out_features
     features = getattr(quant_cls, "linear_features", None)
     return features(module) if features is not None else None
+
+
+def _module_kind(p: _Placer, name: str) -> str | None:
+    """The node kind of module ``name``'s call (None when it is not called in a traced scope)."""
+    site = p.module_sites.get(name)
+    return site.index.kind.get(site.node) if site is not None else None
 
 
 def _is_weighted(module: nn.Module) -> bool:
@@ -308,8 +316,51 @@ def _add_rule(p: _Placer, op: OpAction, entry: PlanEntry, site: _Site | None, si
 
 
 # ------------------------------------------------------------------------------------------ pad -> conv
+_COPYING_PAD_MODES = frozenset({"reflect", "replicate", "circular"})  # they only copy values
+
+
+def _pad_commutes(index: GraphIndex, pad: fx.Node) -> bool:
+    """Whether a quantizer commutes with this pad (F.pad call or padding module): zero padding and padding
+    that copies values (reflection, replication) do; another constant may be off the quantization grid."""
+    if pad.op == "call_module":
+        module = index.modules.get(str(pad.target))
+        if isinstance(module, (nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d)):
+            return module.value == 0
+        return module is not None
+    mode = pad.kwargs.get("mode", pad.args[2] if len(pad.args) > 2 else "constant")
+    value = pad.kwargs.get("value", pad.args[3] if len(pad.args) > 3 else None)
+    return mode in _COPYING_PAD_MODES or (mode == "constant" and value in (None, 0, 0.0))
+
+
+def _quantize_pad_module(p: _Placer, name: str, module: nn.Module, conv: ModuleAction) -> bool:
+    """Plan an input quantizer (the conv's input descriptor) on padding module ``name``; False if none can be."""
+    quant_cls = registry.quant_module_for(type(module))
+    if quant_cls is None:
+        return False
+    entry = p.entry(name)
+    p.rp.modules.append(ModuleAction(name, module, quant_cls, conv.input, None, entry.rules))
+    entry.action, entry.reason, entry.input = "quantize", None, conv.input
+    entry.quantizers, entry.disabled, entry.quant_class = (f"{name}._input_quantizer",), {}, quant_cls.__name__
+    return True
+
+
+def _quantize_pad_op(p: _Placer, pad: fx.Node, pad_site: str, conv: ModuleAction) -> bool:
+    """Plan an input quantizer (the conv's input descriptor) on the F.pad call ``pad``; False if none can be."""
+    scope = p.op_sites[pad].scope
+    owner = planner._owner(pad, scope)
+    operands = planner._arg_slots(pad, registry.function_spec("pad"), {}) or []
+    slots = [ArgSlot(loc, idx, value_node, f"{pad_site.rsplit('.', 1)[-1]}_input_quantizer", conv.input)
+             for _, loc, idx, value_node in operands[:1]]
+    if not slots:
+        return False
+    p.rp.ops.append(OpAction(scope, owner, pad, slots))
+    entry = p.entry(pad_site)
+    entry.action, entry.reason, entry.input = "quantize", None, conv.input
+    entry.quantizers = tuple(_qualify(owner, s.attr) for s in slots)
+    return True
+
+
 def _pad_rule(p: _Placer) -> None:
-    spec = registry.function_spec("pad")
     for action in list(p.rp.modules):
         if not isinstance(action.module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or action.input is None:
             continue
@@ -317,32 +368,25 @@ def _pad_rule(p: _Placer) -> None:
         if where is None:
             continue
         index, pad = where
-        if index.kind.get(pad) != "pad" or pad.op != "call_function" or pad not in p.rp.sites:
+        if index.kind.get(pad) != "pad" or not _pad_commutes(index, pad) or p.exempt("pad_conv", action.name):
             continue
-        mode = pad.kwargs.get("mode", pad.args[2] if len(pad.args) > 2 else "constant")
-        value = pad.kwargs.get("value", pad.args[3] if len(pad.args) > 3 else None)
-        if mode != "constant" or value not in (None, 0, 0.0) or p.exempt("pad_conv", action.name):
+        if pad.op == "call_module":
+            pad_name = _qualify(p.module_sites[action.name].scope, str(pad.target))
+        elif pad.op == "call_function" and pad in p.rp.sites:
+            pad_name = p.rp.sites[pad]
+        else:
             continue
+        pad_entry = p.entry(pad_name)
+        if not pad_entry.quantized:
+            placed = (_quantize_pad_module(p, pad_name, index.modules[str(pad.target)], action)
+                      if pad.op == "call_module" else _quantize_pad_op(p, pad, pad_name, action))
+            if not placed:
+                continue
         entry = p.entry(action.name)
         conv_input = next(q for q in entry.quantizers if not q.endswith("weight_quantizer"))
-        pad_site = p.rp.sites[pad]
-        pad_entry = p.entry(pad_site)
-        entry.disabled[conv_input] = f"{p.target} rule pad_conv: moved before {pad_site}"
+        entry.disabled[conv_input] = f"{p.target} rule pad_conv: moved before {pad_name}"
         entry.placement[conv_input] = ("skipped", "pad_conv")
         p._note(entry, "pad_conv")
-        if pad_entry.quantized:
-            p.placed(pad_entry, "pad_conv")
-            continue
-        scope = p.op_sites[pad].scope
-        owner = planner._owner(pad, scope)
-        operands = planner._arg_slots(pad, spec, {}) or []
-        slots = [ArgSlot(loc, idx, value_node, f"{pad_site.rsplit('.', 1)[-1]}_input_quantizer", action.input)
-                 for _, loc, idx, value_node in operands[:1]]
-        if not slots:
-            continue
-        p.rp.ops.append(OpAction(scope, owner, pad, slots))
-        pad_entry.action, pad_entry.reason, pad_entry.input = "quantize", None, action.input
-        pad_entry.quantizers = tuple(_qualify(owner, s.attr) for s in slots)
         p.placed(pad_entry, "pad_conv")
 
 

@@ -30,7 +30,9 @@ _MODULE_KINDS: tuple[tuple[tuple[type, ...], str], ...] = (
       nn.AdaptiveAvgPool3d), "avg_pool"),
     ((nn.LayerNorm,), "layer_norm"),
     ((nn.Upsample,), "resize"),
-    ((nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d), "pad"),
+    ((nn.ConstantPad1d, nn.ConstantPad2d, nn.ConstantPad3d, nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d,
+      nn.ReflectionPad1d, nn.ReflectionPad2d, nn.ReflectionPad3d, nn.ReplicationPad1d, nn.ReplicationPad2d,
+      nn.ReplicationPad3d), "pad"),
     ((nn.Flatten, nn.Identity, nn.Dropout, nn.Unflatten), "copy"),
 )
 _FUNCTION_KINDS: dict[Any, str] = {

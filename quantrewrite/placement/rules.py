@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["CANDIDATES", "MAX_INT8_SEQ_LEN", "MIN_GEMM_DIM", "RULES", "TARGETS", "PlacementRule", "is_candidate",
-           "rule"]
+__all__ = ["CANDIDATES", "MAX_INT8_SEQ_LEN", "MIN_GEMM_DIM", "PAD_MODULES", "RULES", "TARGETS", "PlacementRule",
+           "is_candidate", "rule"]
 
 TARGETS = ("tensorrt", "dla")
 
@@ -54,8 +54,9 @@ RULES: tuple[PlacementRule, ...] = (
                   "quantizers of one tensor (e.g. the q, k and v projections of one input) share one range: "
                   "TensorRT keeps one Q per tensor"),
     PlacementRule("pad_conv", ("tensorrt",), "place",
-                  "no Q/DQ between a pad and the conv it feeds: the conv's input quantizer moves before the pad "
-                  "(zero padding commutes with Q/DQ), so the pad fuses into the int8 conv"),
+                  "no Q/DQ between a pad (F.pad or a padding module) and the conv it feeds: the conv's input "
+                  "quantizer moves before the pad (zero, reflection and replication padding commute with Q/DQ), "
+                  "so the pad fuses into the int8 conv or runs on int8 data"),
     PlacementRule("resize_float_input", ("tensorrt",), "skip",
                   "no quantizer before resize/upsample: TensorRT moves the next conv's Q across it "
                   "(resize -> Q/DQ -> conv runs int8)"),
@@ -86,11 +87,14 @@ RULES: tuple[PlacementRule, ...] = (
                   "its inputs"),
 )
 
+# Padding module classes (quantrewrite.nn.modules.quant_padding): off by default, like F.pad.
+PAD_MODULES = tuple(f"{kind}Pad{n}d" for kind in ("Zero", "Constant", "Reflection", "Replication") for n in (1, 2, 3))
+
 # Modules and ops that are off by default but that a rule set quantizes (its rules then decide where): a
 # config can still turn them off (``functions: {add: {quantize: false}}``).
 CANDIDATES: dict[str, frozenset[str]] = {
     "tensorrt": frozenset({"add", "cat", "LayerNorm"}),  # residual_shortcut, concat_shared, layernorm_conv_input
-    "dla": frozenset({"add", "cat", "pad", "LayerNorm"}),  # dla_every_input
+    "dla": frozenset({"add", "cat", "pad", "LayerNorm", *PAD_MODULES}),  # dla_every_input
 }
 
 _BY_ID = {r.id: r for r in RULES}

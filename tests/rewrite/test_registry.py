@@ -50,6 +50,8 @@ BUILTINS = [
     (nn.MultiheadAttention, qnn.QuantMultiheadAttention),
     (nn.LSTM, qnn.QuantLSTM), (nn.GRU, qnn.QuantGRU), (nn.LSTMCell, qnn.QuantLSTMCell), (nn.GRUCell, qnn.QuantGRUCell),
     (nn.LayerNorm, qnn.QuantLayerNorm),
+    *[(getattr(nn, f"{kind}Pad{n}d"), getattr(qnn, f"Quant{kind}Pad{n}d"))
+      for kind in ("Zero", "Constant", "Reflection", "Replication") for n in (1, 2, 3)],
 ]
 
 

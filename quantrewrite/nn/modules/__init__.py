@@ -20,6 +20,20 @@ from quantrewrite.nn.modules.quant_instancenorm import QuantInstanceNorm1d, Quan
 from quantrewrite.nn.modules.quant_layernorm import QuantLayerNorm
 from quantrewrite.nn.modules.quant_linear import Linear, QuantLinear
 from quantrewrite.nn.modules.quant_mixins import QuantInputMixin, QuantMixin, pop_quant_desc_in_kwargs
+from quantrewrite.nn.modules.quant_padding import (
+    QuantConstantPad1d,
+    QuantConstantPad2d,
+    QuantConstantPad3d,
+    QuantReflectionPad1d,
+    QuantReflectionPad2d,
+    QuantReflectionPad3d,
+    QuantReplicationPad1d,
+    QuantReplicationPad2d,
+    QuantReplicationPad3d,
+    QuantZeroPad1d,
+    QuantZeroPad2d,
+    QuantZeroPad3d,
+)
 from quantrewrite.nn.modules.quant_pooling import (
     AdaptiveAvgPool1d,
     AdaptiveAvgPool2d,
@@ -83,6 +97,9 @@ __all__ = [
     "QuantAvgPool1d",
     "QuantAvgPool2d",
     "QuantAvgPool3d",
+    "QuantConstantPad1d",
+    "QuantConstantPad2d",
+    "QuantConstantPad3d",
     "QuantConv1d",
     "QuantConv2d",
     "QuantConv3d",
@@ -104,8 +121,17 @@ __all__ = [
     "QuantMaxPool3d",
     "QuantMixin",
     "QuantMultiheadAttention",
+    "QuantReflectionPad1d",
+    "QuantReflectionPad2d",
+    "QuantReflectionPad3d",
+    "QuantReplicationPad1d",
+    "QuantReplicationPad2d",
+    "QuantReplicationPad3d",
     "QuantTransformerEncoder",
     "QuantTransformerEncoderLayer",
+    "QuantZeroPad1d",
+    "QuantZeroPad2d",
+    "QuantZeroPad3d",
     "TensorQuantizer",
     "pop_quant_desc_in_kwargs",
 ]
