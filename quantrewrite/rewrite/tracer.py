@@ -10,10 +10,11 @@ functional ops of the module that holds it.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import fx, nn
 
 from quantrewrite import registry
@@ -47,6 +48,19 @@ class QuantTracer(fx.Tracer):
             return True
         return super().is_leaf_module(module, qualified_name)
 
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        count = _static_piece_count(node)
+        return _PiecesProxy(node, self, count) if count is not None else super().proxy(node)
+
+    def iter(self, obj: fx.Proxy) -> Iterator[fx.Proxy]:
+        """Iterating the result of a chunk or split whose piece count is in the code (``list(x.chunk(2, 1))``,
+        as in YOLOv8's C2f; ``x.split([16, 16], 1)``) gives one getitem per piece; anything else is FX's
+        TraceError. ``chunk(n)`` is taken to give n pieces, as it does when the dimension's size is a multiple of
+        n: where it gives fewer, the rewritten forward raises IndexError."""
+        if not isinstance(obj, _PiecesProxy):
+            return super().iter(obj)
+        return iter([obj[i] for i in range(obj.count)])
+
     def create_args_for_root(self, root_fn: Any, is_module: bool, concrete_args: Any = None) -> Any:
         """Trace a module rewritten before through its generated forward, not its class's float forward, so a
         second rewrite sees the quantizers the first one inserted."""
@@ -54,6 +68,33 @@ class QuantTracer(fx.Tracer):
         if generated is not None:
             root_fn = generated.func
         return super().create_args_for_root(root_fn, is_module, concrete_args)
+
+
+class _PiecesProxy(fx.Proxy):
+    """The result of a chunk/split with a static piece count: ``len()`` works (``list()`` asks for it)."""
+
+    def __init__(self, node: fx.Node, tracer: fx.Tracer, count: int):
+        super().__init__(node, tracer)
+        self.count = count
+
+    def __len__(self) -> int:
+        return self.count
+
+
+def _static_piece_count(node: fx.Node) -> int | None:
+    """How many pieces a chunk/split node gives, when its arguments say so without the tensor's shape."""
+    is_method = node.op == "call_method"
+    if not (is_method and node.target in ("chunk", "split")
+            or node.op == "call_function" and node.target in (torch.chunk, torch.split)):
+        return None
+    name = node.target if is_method else node.target.__name__
+    keyword = "chunks" if name == "chunk" else ("split_size" if is_method else "split_size_or_sections")
+    value = node.args[1] if len(node.args) > 1 else node.kwargs.get(keyword)
+    if name == "chunk":
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+        return len(value)
+    return None
 
 
 @dataclass
