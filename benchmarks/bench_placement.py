@@ -6,7 +6,8 @@ Run: python benchmarks/bench_placement.py [--models resnet unet yolo vit] [--thr
 Per model, all in this one run on the same model and data:
 
 * quantrewrite: ``quantize_model(model, preset, example_inputs=x)``, ``calibrate`` on the calibration images
-  (the default method), ``export_onnx`` (TorchScript exporter, opset 17, dynamic batch);
+  (the default method), ``export_onnx`` (TorchScript exporter, opset 17, dynamic batch, ``verify=False``: the
+  SQNR column runs the file in onnxruntime itself);
 * ModelOpt: ``modelopt.onnx.quantization.quantize`` on the fp32 ONNX file (the same exporter and opset) with
   the same calibration images as a numpy array, INT8, its default calibration (entropy), CPU execution
   provider, ``high_precision_dtype="fp32"`` (its default fp16 would add an fp16 error the other columns do
