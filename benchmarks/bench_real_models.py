@@ -69,7 +69,8 @@ def modelopt_outputs(case: Case):
 
 
 def quantrewrite_columns(case: Case) -> tuple[dict[str, object], int]:
-    """(outputs per method, plus 'default' (calibrate with no method); the number of enabled quantizers)."""
+    """(outputs per method, plus 'default' (calibrate with no method; an error string when it fails); the number
+    of enabled quantizers)."""
     qmodel = quantize_model(case.model, CONFIG)
     columns: dict[str, object] = {}
     with warnings.catch_warnings():
@@ -86,10 +87,16 @@ def quantrewrite_columns(case: Case) -> tuple[dict[str, object], int]:
             load_calib_amax(qmodel, method)
             columns[method] = case.run(qmodel)
         start = time.perf_counter()
-        calibrate(qmodel, case.calib, forward=case.forward, progress=False)
-        logger.info("%s: calibrate() with the default method / one statistics pass over the same batches: %.1fx",
-                    case.name, (time.perf_counter() - start) / collect_seconds)
-        columns[f"default ({DEFAULT_METHOD})"] = case.run(qmodel)
+        default = f"default ({DEFAULT_METHOD})"
+        try:
+            calibrate(qmodel, case.calib, forward=case.forward, progress=False)
+        except Exception as error:  # a failing default is a cell of the table, not a crash
+            logger.exception("%s: calibrate() with the default method failed", case.name)
+            columns[default] = f"calibrate() failed ({type(error).__name__}: {error})"
+        else:
+            logger.info("%s: calibrate() with the default method / one statistics pass over the same batches: "
+                        "%.1fx", case.name, (time.perf_counter() - start) / collect_seconds)
+            columns[default] = case.run(qmodel)
     enabled = sum(q.is_enabled and q.amax is not None for q in list_quantizers(qmodel).values())
     return columns, enabled
 
@@ -101,7 +108,8 @@ def measure(name: str) -> tuple[Case, dict[str, dict[str, float] | str]]:
     results: dict[str, dict[str, float] | str] = {"fp32": case.metrics(reference, reference)}
     columns, enabled = quantrewrite_columns(case)
     for column, outputs in columns.items():
-        results[column] = case.metrics(outputs, reference) | {QUANTIZERS: enabled}
+        results[column] = outputs if isinstance(outputs, str) else (case.metrics(outputs, reference)
+                                                                    | {QUANTIZERS: enabled})
     results["fp32"][QUANTIZERS] = 0
     peer = modelopt_outputs(case)
     results["ModelOpt INT8_DEFAULT"] = peer if isinstance(peer, str) else (case.metrics(peer[0], reference)
