@@ -10,11 +10,14 @@ Contenders, per tensor (fp32, static amax):
     eager        the same quantizer with QUANTREWRITE_EAGER=1 (the torch-op formula; defines the numbers).
     torch_fq     torch.fake_quantize_per_tensor_affine / fake_quantize_per_channel_affine.
 and the same with ``.backward(g)`` (x requires grad; a fresh gradient each call, x.grad reset to None so
-there is no accumulation pass). Forward+backward is ALSO divided by one forward mul pass: the quantizer's
-forward+backward moves 5 tensors' worth of memory (forward: read x, write y; backward: read x and g, write
-grad_x), i.e. 2.5 mul passes, so the target "<= 3x" leaves 20% for autograd and call overhead.
+there is no accumulation pass). Forward+backward is ALSO divided by one forward mul pass, and compared with
+torch's own ``mul`` forward+backward measured in the same rounds: column ``q+bwd-mul+bwd`` is the difference
+of the two, in mul passes (the best rounds' difference / the medians' difference). When no element is outside
+[-amax, amax] (weights calibrated with max), the quantizer's backward passes the incoming gradient on as it
+is (the forward found that in its own pass), so its forward+backward does what mul's does: one forward pass,
+and autograd storing a gradient (a copy here: the benchmark keeps ``g``).
 
-Targets: quantizer forward <= 1.5x, forward+backward <= 3x.
+Targets: quantizer forward <= 1.5x; forward+backward <= torch mul's forward+backward + 0.2x.
 
 Run: python benchmarks/bench_fake_quant.py [--rounds 15] [--quick]
 """
@@ -38,7 +41,7 @@ from quantrewrite.descriptor import QuantDescriptor
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
 
 FORWARD_TARGET = 1.5
-BACKWARD_TARGET = 3.0
+BACKWARD_MARGIN = 0.2  # forward+backward over torch mul's forward+backward, in mul passes
 
 
 @contextlib.contextmanager
@@ -166,6 +169,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=100, help="alternating rounds (samples per contender)")
     parser.add_argument("--quick", action="store_true", help="15 rounds, for a smoke run")
     parser.add_argument("--no-memory", action="store_true", help="skip the profiler memory measurement")
+    parser.add_argument("--weights-only", action="store_true", help="only the 256x256x3x3 weight rows")
     args = parser.parse_args()
     rounds = 15 if args.quick else args.rounds
 
@@ -175,10 +179,12 @@ def main() -> None:
         ("weight 256x256x3x3", (256, 256, 3, 3), None, "per-tensor"),
         ("weight 256x256x3x3", (256, 256, 3, 3), 0, "axis 0"),
     ]
+    if args.weights_only:
+        cases = [case for case in cases if case[0].startswith("weight")]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs; "
           f"{rounds} alternating rounds; ratios to one torch.mul pass (best round / median of rounds)\n")
     header = (f"{'tensor':<20}{'amax':<12}{'quantizer':>12}{'eager':>12}{'torch_fq':>12}  |"
-              f"{'q+bwd':>12}{'eager+bwd':>12}{'fq+bwd':>12}{'mul+bwd':>12}   mul (us)")
+              f"{'q+bwd':>12}{'eager+bwd':>12}{'fq+bwd':>12}{'mul+bwd':>12}{'q+bwd-mul+bwd':>15}   mul (us)")
     print(header)
     print("-" * len(header))
     misses = []
@@ -192,15 +198,18 @@ def main() -> None:
         def cell(name: str, best: dict[str, float] = best, med: dict[str, float] = med) -> str:
             return ratio_cell(best, med, name)
 
+        over_best = (best["quantizer+bwd"] - best["mul+bwd"]) / best["mul"]
+        over_med = (med["quantizer+bwd"] - med["mul+bwd"]) / med["mul"]
         print(f"{label:<20}{kind:<12}{cell('quantizer'):>12}{cell('eager'):>12}{cell('torch_fq'):>12}  |"
               f"{cell('quantizer+bwd'):>12}{cell('eager+bwd'):>12}{cell('torch_fq+bwd'):>12}"
-              f"{cell('mul+bwd'):>12}   {best['mul'] * 1e6:.0f}/{med['mul'] * 1e6:.0f}")
+              f"{cell('mul+bwd'):>12}{f'{over_best:+.2f}/{over_med:+.2f}':>15}"
+              f"   {best['mul'] * 1e6:.0f}/{med['mul'] * 1e6:.0f}")
         fwd = best["quantizer"] / best["mul"]
-        bwd = best["quantizer+bwd"] / best["mul"]
         if fwd > FORWARD_TARGET:
             misses.append(f"{label} {kind}: forward {fwd:.2f}x > {FORWARD_TARGET}x")
-        if bwd > BACKWARD_TARGET:
-            misses.append(f"{label} {kind}: forward+backward {bwd:.2f}x > {BACKWARD_TARGET}x")
+        if over_best > BACKWARD_MARGIN:
+            misses.append(f"{label} {kind}: forward+backward {over_best:+.2f}x over torch mul's > "
+                          f"+{BACKWARD_MARGIN}x")
         if not args.no_memory:
             nbytes = 4 * torch.Size(shape).numel()
             row = []
@@ -218,7 +227,8 @@ def main() -> None:
               f"{'eager+bwd':>11}")
         for label, kind, row in memory_rows:
             print(f"{label:<20}{kind:<12}{row[0]:>8}{row[1]:>11}{row[2]:>8}{row[3]:>10}{row[4]:>8}{row[5]:>11}")
-    print("\ntargets: quantizer forward <= 1.5x, forward+backward <= 3x (both over ONE forward mul pass)")
+    print(f"\ntargets: quantizer forward <= {FORWARD_TARGET}x ONE forward mul pass; forward+backward <= torch "
+          f"mul's forward+backward + {BACKWARD_MARGIN}x")
     print("\n".join(f"MISSED: {m}" for m in misses) if misses else "all targets met (best round)")
 
 

@@ -27,8 +27,8 @@ def warm_fake_quant_kernels(kernels: ModuleType) -> None:
     lo, hi = np.float32(-128.0), np.float32(127.0)
     x_addr, out_addr, grad_addr = x.ctypes.data, out.ctypes.data, grad.ctypes.data
     for fake in (True, False):
-        kernels.quant_rows(x_addr, out_addr, 4, 2, 2, scale, inverse, lo, hi, fake, True)
-        kernels.quant_serial(x_addr, out_addr, 8, scale[0], inverse[0], lo, hi, fake, False)
+        kernels.quant_rows(x_addr, out_addr, 4, 2, 2, scale, inverse, amax, lo, hi, fake, True, fake)
+        kernels.quant_serial(x_addr, out_addr, 8, scale[0], inverse[0], amax[0], lo, hi, fake, False, True)
     kernels.ste_flat(x_addr, grad_addr, out_addr, 8, amax[0])
     kernels.ste_rows(x_addr, grad_addr, out_addr, 4, 2, 2, amax)
     kernels.differing_words(x_addr, out_addr, 2, 2)

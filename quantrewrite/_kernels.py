@@ -10,7 +10,9 @@ torch ops otherwise. The wrappers below wait for the loader when called directly
 Layout: a tensor is read as ``view = (outer, channels, inner)``; per-tensor quantization is channels == 1
 (cut into rows of ``ROW`` elements for the parallel loop), per-channel quantization has one scale per channel
 and one row per (outer, channel). Along the way the quantizing kernels tell whether some input is < 0 (an
-or-reduction per row, asked only for unsigned grids), so unsigned quantization needs no ``min()`` pass.
+or-reduction per row, asked only for unsigned grids), so unsigned quantization needs no ``min()`` pass; asked
+by the autograd forward, they also tell whether some |x| exceeds amax (``quant_find_clipped_into``), so that
+the straight-through backward can skip its masking pass when nothing is masked.
 
 Division: ``q / s`` is computed as ``y = q * RN(1/s)`` plus one exact FMA correction (Markstein), which is
 the correctly rounded quotient for every integer |q| <= 65535 and scale in [2^-100, 2^100] (checked
@@ -36,6 +38,7 @@ __all__ = [
     "ROW",
     "fake_quant_into",
     "fused_kernels_available",
+    "quant_find_clipped_into",
     "quant_into",
     "reciprocal_scale",
     "same_contents",
@@ -73,26 +76,33 @@ def reciprocal_scale(scale: np.ndarray, min_bound: float, max_bound: float) -> n
 
 
 def _run_quant(x: torch.Tensor, out: torch.Tensor, view: tuple[int, int, int], scale: np.ndarray,
-               inv_scale: np.ndarray, min_bound: float, max_bound: float, fake: bool, check_negative: bool,
-               checked: bool) -> bool:
+               inv_scale: np.ndarray, amax: np.ndarray | None, min_bound: float, max_bound: float, fake: bool,
+               check_negative: bool, checked: bool) -> tuple[bool, bool]:
+    clip = amax is not None
     if checked:
-        _check(view, (scale, inv_scale), x, out)
+        _check(view, (scale, inv_scale) + ((amax,) if clip else ()), x, out)
+    if not clip:
+        amax = scale  # not read
     kernels = compiled()
     outer, channels, inner = view
     lo, hi = np.float32(min_bound), np.float32(max_bound)
     if channels > 1:
-        return bool(kernels.quant_rows(x.data_ptr(), out.data_ptr(), outer * channels, inner, channels, scale,
-                                       inv_scale, lo, hi, fake, check_negative)[0])
+        negative, outside, _ = kernels.quant_rows(x.data_ptr(), out.data_ptr(), outer * channels, inner, channels,
+                                                  scale, inv_scale, amax, lo, hi, fake, check_negative, clip)
+        return bool(negative), bool(outside)
     rows, tail = divmod(outer * inner, ROW)
-    negative = False
+    negative = outside = False
     if rows:
-        negative = kernels.quant_rows(x.data_ptr(), out.data_ptr(), rows, ROW, 1, scale, inv_scale, lo, hi, fake,
-                                      check_negative)[0]
+        negative, outside, _ = kernels.quant_rows(x.data_ptr(), out.data_ptr(), rows, ROW, 1, scale, inv_scale,
+                                                  amax, lo, hi, fake, check_negative, clip)
     if tail:
         done = 4 * rows * ROW  # bytes
-        negative |= kernels.quant_serial(x.data_ptr() + done, out.data_ptr() + done, tail, scale[0], inv_scale[0],
-                                         lo, hi, fake, check_negative)[0]
-    return bool(negative)
+        tail_negative, tail_outside, _ = kernels.quant_serial(x.data_ptr() + done, out.data_ptr() + done, tail,
+                                                              scale[0], inv_scale[0], amax[0], lo, hi, fake,
+                                                              check_negative, clip)
+        negative |= tail_negative
+        outside |= tail_outside
+    return bool(negative), bool(outside)
 
 
 def fake_quant_into(x: torch.Tensor, out: torch.Tensor, view: tuple[int, int, int], scale: np.ndarray,
@@ -111,14 +121,31 @@ def fake_quant_into(x: torch.Tensor, out: torch.Tensor, view: tuple[int, int, in
     Returns:
         Whether some x < 0 (False when not ``check_negative``).
     """
-    return _run_quant(x, out, view, scale, inv_scale, min_bound, max_bound, True, check_negative, checked)
+    return _run_quant(x, out, view, scale, inv_scale, None, min_bound, max_bound, True, check_negative,
+                      checked)[0]
 
 
 def quant_into(x: torch.Tensor, out: torch.Tensor, view: tuple[int, int, int], scale: np.ndarray,
                min_bound: float, max_bound: float, check_negative: bool = True, checked: bool = True) -> bool:
     """out = clamp(rint(x * scale), min_bound, max_bound) (the integer grid, stored as float32); 0 where
     scale == 0. Arguments as ``fake_quant_into``; returns whether some x < 0."""
-    return _run_quant(x, out, view, scale, scale, min_bound, max_bound, False, check_negative, checked)
+    return _run_quant(x, out, view, scale, scale, None, min_bound, max_bound, False, check_negative, checked)[0]
+
+
+def quant_find_clipped_into(x: torch.Tensor, out: torch.Tensor, view: tuple[int, int, int], scale: np.ndarray,
+                            inv_scale: np.ndarray, amax: np.ndarray, min_bound: float, max_bound: float,
+                            fake: bool, check_negative: bool = True, checked: bool = True) -> tuple[bool, bool]:
+    """``fake_quant_into`` (``fake``) or ``quant_into``, which also tells, in the same pass, whether the
+    straight-through gradient masks anything: whether some x has NOT |x| <= amax (outside the range, or NaN).
+
+    Args:
+        amax: float32, one value per channel (the grid's amax, compared in float32 as the backward does).
+        The others as ``fake_quant_into``; ``inv_scale`` is not read when not ``fake``.
+
+    Returns:
+        (whether some x < 0 (False when not ``check_negative``), whether some x is outside [-amax, amax]).
+    """
+    return _run_quant(x, out, view, scale, inv_scale, amax, min_bound, max_bound, fake, check_negative, checked)
 
 
 def ste_grad_into(x: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, view: tuple[int, int, int],

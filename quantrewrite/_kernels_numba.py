@@ -55,13 +55,26 @@ def quotient(q, s, r):  # pragma: no cover - compiled
 
 
 @njit(inline="always")
-def quant_row(x, out, row, width, s, r, min_bound, max_bound, fake, check):  # pragma: no cover
-    """One row of the grid; returns whether the row has an x < 0 (when check). Each case is its own loop
-    so that every one vectorizes (an integer count reduction would not)."""
+def quant_row(x, out, row, width, s, r, a, min_bound, max_bound, fake, check, clip):  # pragma: no cover
+    """One row of the grid; returns (whether the row has an x < 0, when check; whether it has an x outside
+    [-a, a] or a NaN, i.e. an element whose straight-through gradient is 0, when clip). Each case is its own
+    loop so that every one vectorizes (an integer count reduction would not)."""
     negative = False
+    outside = False
     if s == 0.0:
         for i in range(width):
             out[row, i] = 0.0
+        if check:
+            for i in range(width):
+                negative |= x[row, i] < 0.0
+        if clip:
+            for i in range(width):
+                outside |= not abs(x[row, i]) <= a
+    elif fake and clip:  # two reductions in one loop would not vectorize: negatives get their own loop
+        for i in range(width):
+            v = x[row, i]
+            outside |= not abs(v) <= a
+            out[row, i] = quotient(min(max(np.rint(v * s), min_bound), max_bound), s, r)
         if check:
             for i in range(width):
                 negative |= x[row, i] < 0.0
@@ -73,6 +86,14 @@ def quant_row(x, out, row, width, s, r, min_bound, max_bound, fake, check):  # p
     elif fake:
         for i in range(width):
             out[row, i] = quotient(min(max(np.rint(x[row, i] * s), min_bound), max_bound), s, r)
+    elif clip:
+        for i in range(width):
+            v = x[row, i]
+            outside |= not abs(v) <= a
+            out[row, i] = min(max(np.rint(v * s), min_bound), max_bound)
+        if check:
+            for i in range(width):
+                negative |= x[row, i] < 0.0
     elif check:
         for i in range(width):
             v = x[row, i]
@@ -81,29 +102,35 @@ def quant_row(x, out, row, width, s, r, min_bound, max_bound, fake, check):  # p
     else:
         for i in range(width):
             out[row, i] = min(max(np.rint(x[row, i] * s), min_bound), max_bound)
-    return negative
+    return negative, outside
 
 
 @njit(parallel=True, cache=True, nogil=True)
-def quant_rows(x_addr, out_addr, rows, width, channels, scale, inv_scale, min_bound, max_bound, fake,
-                check):  # pragma: no cover - compiled
-    """x and out viewed as [rows, width]; row k uses channel k % channels. Parallel over rows."""
+def quant_rows(x_addr, out_addr, rows, width, channels, scale, inv_scale, amax, min_bound, max_bound, fake,
+               check, clip):  # pragma: no cover - compiled
+    """x and out viewed as [rows, width]; row k uses channel k % channels. Parallel over rows. Returns
+    (some x < 0, some |x| > amax or NaN, the last output element)."""
     x = carray(_f32_ptr(x_addr), (rows, width))
     out = carray(_f32_ptr(out_addr), (rows, width))
     negatives = 0
+    outsides = 0
     for row in prange(rows):
         c = row % channels
-        negatives += quant_row(x, out, row, width, scale[c], inv_scale[c], min_bound, max_bound, fake, check)
-    return negatives > 0, out[rows - 1, width - 1]
+        negative, outside = quant_row(x, out, row, width, scale[c], inv_scale[c], amax[c], min_bound, max_bound,
+                                      fake, check, clip)
+        negatives += negative
+        outsides += outside
+    return negatives > 0, outsides > 0, out[rows - 1, width - 1]
 
 
 @njit(cache=True, nogil=True)
-def quant_serial(x_addr, out_addr, n, s, r, min_bound, max_bound, fake, check):  # pragma: no cover
+def quant_serial(x_addr, out_addr, n, s, r, a, min_bound, max_bound, fake, check, clip):  # pragma: no cover
     """The per-tensor formula over n elements on the calling thread (small tensors, and the tail of the
-    rows of a large one)."""
+    rows of a large one); returns as ``quant_rows``."""
     x = carray(_f32_ptr(x_addr), (1, n))
     out = carray(_f32_ptr(out_addr), (1, n))
-    return quant_row(x, out, 0, n, s, r, min_bound, max_bound, fake, check), out[0, n - 1]
+    negative, outside = quant_row(x, out, 0, n, s, r, a, min_bound, max_bound, fake, check, clip)
+    return negative, outside, out[0, n - 1]
 
 
 @njit(parallel=True, cache=True, nogil=True)

@@ -243,13 +243,19 @@ def _as_float32_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
+def _fused_applies(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, fake: bool) -> bool:
+    """Whether the fused CPU kernel computes this quantization (else the eager formula does)."""
+    return (layout.view is not None and grid.scale_host is not None
+            and (not fake or grid.inv_scale_host is not None)
+            and inputs.is_cpu and inputs.numel() > 0 and _kernels.fused_kernels_available())
+
+
 def _forward(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, fake: bool,
              out: torch.Tensor | None = None) -> torch.Tensor:
     """Fused kernel where it applies (CPU, an amax laid out as one block of dims, an exact fast quotient),
     else eager. ``out``, a float32 contiguous tensor of the input's shape, is written to when the fused
     kernel runs on a float32 input (and ignored otherwise)."""
-    if (layout.view is None or grid.scale_host is None or (fake and grid.inv_scale_host is None)
-            or not inputs.is_cpu or inputs.numel() == 0 or not _kernels.fused_kernels_available()):
+    if not _fused_applies(inputs, grid, layout, fake):
         return _forward_eager(inputs, grid, layout, fake)
     x32 = _as_float32_contiguous(inputs)
     if out is None or inputs.dtype != torch.float32:
@@ -263,6 +269,23 @@ def _forward(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, fake: bool,
     if negative:
         raise _negative_input_error(inputs)
     return out if inputs.dtype == torch.float32 else out.to(inputs.dtype)
+
+
+def _forward_finding_clipped(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout,
+                             fake: bool) -> tuple[torch.Tensor, bool]:
+    """``_forward`` for autograd: also whether the straight-through gradient masks some element (some x has
+    not |x| <= amax: out of range, or NaN). The fused kernel finds that in the same pass; on the eager path
+    the answer is True (unknown: the backward then masks as usual)."""
+    if not _fused_applies(inputs, grid, layout, fake):
+        return _forward_eager(inputs, grid, layout, fake), True
+    x32 = _as_float32_contiguous(inputs)
+    out = torch.empty_like(x32)
+    negative, clipped = _kernels.quant_find_clipped_into(
+        x32, out, layout.view, grid.scale_host, grid.inv_scale_host if fake else grid.scale_host, grid.amax_host,
+        grid.min_bound, grid.max_bound, fake, grid.unsigned, checked=False)
+    if negative:
+        raise _negative_input_error(inputs)
+    return (out if inputs.dtype == torch.float32 else out.to(inputs.dtype)), clipped
 
 
 def _ste_grad(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, grad: torch.Tensor) -> torch.Tensor:
@@ -281,16 +304,26 @@ def _ste_grad(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, grad: torc
 
 
 class _QuantFunction(torch.autograd.Function):
-    """Quantize (fake or real) with a straight-through gradient; no gradient to amax."""
+    """Quantize (fake or real) with a straight-through gradient; no gradient to amax.
+
+    When the forward finds every element inside [-amax, amax] (weights calibrated with max always are), the
+    backward passes the incoming gradient on untouched (the mask would keep all of it) and nothing is saved
+    for it; otherwise it masks as the straight-through estimator says.
+    """
 
     @staticmethod
     def forward(ctx, inputs, grid, layout, fake):
-        ctx.save_for_backward(inputs)  # saved as is: no copy
-        ctx.grid, ctx.layout = grid, layout
-        return _forward(inputs, grid, layout, fake)  # the integers of tensor_quant carry the STE gradient too
+        outputs, clipped = _forward_finding_clipped(inputs, grid, layout, fake)  # integers carry the STE too
+        ctx.clipped = clipped
+        if clipped:
+            ctx.save_for_backward(inputs)  # saved as is: no copy
+            ctx.grid, ctx.layout = grid, layout
+        return outputs
 
     @staticmethod
     def backward(ctx, grad):
+        if not ctx.clipped:
+            return grad, None, None, None
         (inputs,) = ctx.saved_tensors
         return _ste_grad(inputs, ctx.grid, ctx.layout, grad), None, None, None
 
