@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -53,9 +54,14 @@ def feature_dim(module: nn.Module, output: Any) -> int:
 
 
 def squared_error(output: Any, reference: list[torch.Tensor]) -> float:
-    """Σ (output − reference)² over the floating tensors (``reference``: ``floating_leaves`` of the float run)."""
-    return sum(float(torch.sub(o.float(), r.float()).square_().sum())
-               for o, r in zip(floating_leaves(output), reference))
+    """Σ (output − reference)² over the floating tensors (``reference``: ``floating_leaves`` of the float run).
+
+    inf when the outputs do not match in number or shapes (a detector's list of boxes changes length).
+    """
+    leaves = floating_leaves(output)
+    if len(leaves) != len(reference) or any(o.shape != r.shape for o, r in zip(leaves, reference)):
+        return math.inf
+    return sum(float(torch.sub(o.float(), r.float()).square_().sum()) for o, r in zip(leaves, reference))
 
 
 class Reference:

@@ -48,3 +48,10 @@ def test_nested_outputs_and_non_float_leaves():
     assert absolute == pytest.approx(4.0)
     assert relative == pytest.approx(2 * (2 / 2))
     assert squared_error(output, Reference(reference, dim=-1).leaves) == pytest.approx(4.0)
+
+
+def test_outputs_of_another_shape_are_infinitely_far():
+    """A detector's box list changes length with the ranges: the end-to-end check must not crash on it."""
+    reference = [torch.ones(4, 5)]
+    assert squared_error(torch.ones(5, 5), reference) == float("inf")
+    assert squared_error((torch.ones(4, 5), torch.ones(1)), reference) == float("inf")
