@@ -4,7 +4,8 @@ Run: ``python benchmarks/bench_calibration_e2e.py`` from the repository root (``
 NVIDIA ModelOpt; without ``nvidia-modelopt`` installed its rows say so).
 
 * ``calibrate`` of an 8-block 64-wide residual CNN on 8 batches of 16x3x64x64, with max calibrators
-  (int8_max) and with histogram calibrators (int8_default, the default method), over the float forward of
+  (int8_max) and with histogram calibrators (int8_default: the default method ``auto``, and ``percentile`` and
+  ``mse``, which are one statistics pass without auto's scoring), over the float forward of
   the same batches under ``no_grad``; ModelOpt's ``mtq.calibrate`` (INT8_DEFAULT_CFG, max) and ModelOpt's
   histogram calibrators with entropy (see ``_modelopt_histogram_run``) on the same model and data. Rounds
   alternate; the best of ``--rounds`` is kept. ``--threads N`` sets torch's (and numba's) thread count: on a
@@ -128,6 +129,10 @@ def end_to_end(rounds: int, peer: bool) -> list[tuple[str, str]]:
     for config in ("int8_max", "int8_default"):
         qmodel = quantrewrite.quantize_model(model, config)
         runs[f"calibrate, {config}"] = lambda q=qmodel: quantrewrite.calibrate(q, batches, progress=False)
+    for method in ("percentile", "mse"):  # one statistics pass, no scoring: histogram calibration's own cost
+        qmodel = quantrewrite.quantize_model(model, "int8_default")
+        runs[f"calibrate, int8_default, method={method}"] = (
+            lambda q=qmodel, m=method: quantrewrite.calibrate(q, batches, method=m, progress=False))
     if peer:
         runs.update(_modelopt_runs(model, batches))
     timed = {name: run for name, run in runs.items() if callable(run)}
