@@ -71,3 +71,15 @@ def with_only(qmodel: nn.Module, enabled: set[str]) -> dict[str, bool]:
 
 def states(qmodel: nn.Module) -> dict[str, bool]:
     return {n: q.is_enabled for n, q in list_quantizers(qmodel).items()}
+
+
+class TwoInputs(nn.Module):
+    """Two linears on two different tensors: a shared-range group's members see different ranges."""
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(16, 16)
+        self.b = nn.Linear(16, 16)
+
+    def forward(self, x, y):
+        return self.a(x) + self.b(y)

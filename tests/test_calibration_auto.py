@@ -10,6 +10,7 @@ import itertools
 
 import pytest
 import torch
+from accuracy_toys import TwoInputs
 from torch import nn
 
 import quantrewrite as qr
@@ -144,21 +145,11 @@ def test_auto_without_data_uses_the_histogram_and_names_its_choices():
     assert qmodel.input_quantizer.amax.item() >= _percentile(x, 99.0)
 
 
-class _TwoInputs(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(16, 16)
-        self.b = nn.Linear(16, 16)
-
-    def forward(self, x, y):
-        return self.a(x) + self.b(y)
-
-
 def test_auto_keeps_one_amax_for_a_shared_range_group():
     torch.manual_seed(0)
     config = {"version": 1, "defaults": {"input": {"calib_method": "histogram"}},
               "share": [["a._input_quantizer", "b._input_quantizer"]]}
-    qmodel = qr.quantize_model(_TwoInputs().eval(), config)
+    qmodel = qr.quantize_model(TwoInputs().eval(), config)
     generator = torch.Generator().manual_seed(0)
     data = [(torch.randn(8, 16, generator=generator), 3 * torch.randn(8, 16, generator=generator).exp())
             for _ in range(3)]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch import nn
+from accuracy_toys import TwoInputs
 
 import quantrewrite as qr
 from quantrewrite.calib import HistogramCalibrator
@@ -20,18 +20,6 @@ from quantrewrite.config import QuantConfig, QuantConfigError
 from quantrewrite.recipe import save_recipe
 
 SHARE = [["a._input_quantizer", "b._input_quantizer"]]
-
-
-class TwoInputs(nn.Module):
-    """Two linears on two different tensors (scaled differently), so their ranges differ."""
-
-    def __init__(self):
-        super().__init__()
-        self.a = nn.Linear(16, 16)
-        self.b = nn.Linear(16, 16)
-
-    def forward(self, x, y):
-        return self.a(x) + self.b(y)
 
 
 def _config(calib: str, share=SHARE) -> dict:
