@@ -19,11 +19,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.real_models.minilm import batches, embed
 from quantrewrite import calibrate, fallback, list_quantizers, quantize_model, sensitivity
 from quantrewrite.methods import DEFAULT_METHOD
 
@@ -92,19 +97,6 @@ def load() -> tuple[torch.nn.Module, object]:
     return AutoModel.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path)
 
 
-def batches(tokenizer, sentences: tuple[str, ...]) -> list[dict[str, torch.Tensor]]:
-    return [dict(tokenizer(list(sentences[i:i + BATCH]), padding=True, return_tensors="pt"))
-            for i in range(0, len(sentences), BATCH)]
-
-
-def embed(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Mean-pooled, L2-normalised sentence embeddings of one batch (samples, 384)."""
-    hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-    return torch.nn.functional.normalize(pooled, dim=-1)
-
-
 def cosines(model: torch.nn.Module, data: list, reference: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return (torch.cat([embed(model, b) for b in data]) * reference).sum(-1)
@@ -125,7 +117,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model, tokenizer = load()
-    calib, test = batches(tokenizer, CALIB), batches(tokenizer, TEST)
+    calib, test = batches(tokenizer, CALIB, BATCH), batches(tokenizer, TEST, BATCH)
     with torch.no_grad():
         ref_calib = torch.cat([embed(model, b) for b in calib])
         ref_test = torch.cat([embed(model, b) for b in test])
