@@ -10,8 +10,11 @@ NVIDIA ModelOpt; without ``nvidia-modelopt`` installed its rows say so).
   histogram calibrators with entropy (see ``_modelopt_histogram_run``) on the same model and data. Rounds
   alternate; the best of ``--rounds`` is kept. ``--threads N`` sets torch's (and numba's) thread count: on a
   loaded machine, 1 avoids the parallel regions' waits for a descheduled thread.
-* the first ``calibrate`` of a fresh process against the second one in the same process (numba's kernels load
-  in a background thread; the eager paths run until they are ready).
+* cold start: in fresh processes, the first ``calibrate`` (int8_max with max, int8_default with percentile)
+  against the best later one in the same process, and the first quantized forward over the batches after
+  them against a later one (where the kernel loading moved: numba's kernels load in a background thread
+  when first useful; the eager paths run until they are ready); medians of ``--cold-runs`` processes, with
+  numba's cache as installed and empty (the first run after an install). ``--cold-only`` runs just these.
 * ``quantrewrite --help`` in a fresh process against ``python -c "import argparse"``.
 """
 
@@ -19,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
+import statistics
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -35,7 +41,8 @@ SHAPE = (16, 3, 64, 64)
 BATCHES = 8
 
 COLD_START = textwrap.dedent("""
-    import time, torch, quantrewrite
+    import json, time, torch, quantrewrite
+    from quantrewrite import _kernel_loader
     from quantrewrite.models import ResidualCNN
     torch.manual_seed(0)
     model = ResidualCNN(num_blocks=8, width=64).eval()
@@ -43,12 +50,22 @@ COLD_START = textwrap.dedent("""
     with torch.no_grad():
         model(batches[0])  # torch's own first-call costs are not ours
     qmodel = quantrewrite.quantize_model(model, "{config}")
-    times = []
-    for _ in range(3):
+
+    def timed(run):
         start = time.perf_counter()
-        quantrewrite.calibrate(qmodel, batches, progress=False)
-        times.append(time.perf_counter() - start)
-    print(times[0], min(times[1:]))
+        run()
+        return time.perf_counter() - start
+
+    def forward():
+        with torch.no_grad():
+            for batch in batches:
+                qmodel(batch)
+
+    calibrations = [timed(lambda: quantrewrite.calibrate(qmodel, batches, method="{method}", progress=False))
+                    for _ in range(3)]
+    loaded_after_calibrate = _kernel_loader._done.is_set()
+    forwards = [timed(forward) for _ in range(3)]
+    print(json.dumps({{"calibrate": calibrations, "forward": forwards, "loaded": loaded_after_calibrate}}))
 """)
 
 
@@ -150,14 +167,41 @@ def end_to_end(rounds: int, peer: bool) -> list[tuple[str, str]]:
     return rows
 
 
-def cold_start() -> list[tuple[str, str]]:
+COLD_CONFIGS = (("int8_max", "max"), ("int8_default", "percentile"))
+
+
+def _cold_process(config: str, method: str, empty_cache: bool) -> dict[str, object]:
+    """One fresh process: quantize_model, 3 calibrates, 3 quantized forwards over the batches (seconds each)."""
+    code = COLD_START.format(shape=SHAPE, batches=BATCHES, config=config, method=method)
+    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
+        env = dict(os.environ, NUMBA_CACHE_DIR=cache) if empty_cache else None  # numba's first run after install
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def _extra(times: list[float]) -> float:
+    """The first call minus the best later one."""
+    return times[0] - min(times[1:])
+
+
+def cold_start(runs: int) -> list[tuple[str, str]]:
+    """First calibrate (and first quantized forward) of a fresh process over a later one: medians of ``runs``
+    processes per row, with the kernel cache as installed and empty (NUMBA_CACHE_DIR at an empty directory)."""
     rows = []
-    for config in ("int8_max", "int8_default"):
-        code = COLD_START.format(shape=SHAPE, batches=BATCHES, config=config)
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-        first, later = (float(v) for v in out.split())
-        rows.append((f"first calibrate in a process, {config}",
-                     f"+{first - later:.3f} s over a later call ({first / later:.2f}x)"))
+    for empty_cache in (False, True):
+        for config, method in COLD_CONFIGS:
+            results = [_cold_process(config, method, empty_cache) for _ in range(runs)]
+            cache = ", empty numba cache" if empty_cache else ""
+            for what in ("calibrate", "forward"):
+                extras = sorted(_extra(result[what]) for result in results)
+                later = statistics.median(min(result[what][1:]) for result in results)
+                name = f"first {what} in a process, {config} ({method}){cache}"
+                figure = (f"+{statistics.median(extras):.3f} s over a later call (median of {runs}; "
+                          f"{' '.join(f'{e:+.2f}' for e in extras)}; later call {later:.2f} s)")
+                rows.append((name, figure))
+            loaded = sum(bool(result["loaded"]) for result in results)
+            rows.append((f"  kernels loaded by the end of the first 3 calibrates{cache}, {config}",
+                         f"{loaded} of {runs} processes"))
     return rows
 
 
@@ -183,17 +227,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-peer", action="store_true", help="leave out NVIDIA ModelOpt")
     parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: torch's)")
+    parser.add_argument("--cold-runs", type=int, default=5, help="fresh processes per cold-start row (median)")
+    parser.add_argument("--cold-only", action="store_true", help="only the cold-start rows")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
         os.environ["OMP_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(args.threads)  # the subprocesses
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {BATCHES} batches {list(SHAPE)}, "
           "ResidualCNN(8 blocks, width 64)")
-    rows = end_to_end(args.rounds, not args.skip_peer) + cold_start() + cli_start_up()
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1, 5, 15 min) at the start")
+    if args.cold_only:
+        rows = cold_start(args.cold_runs)
+    else:
+        rows = end_to_end(args.rounds, not args.skip_peer) + cold_start(args.cold_runs) + cli_start_up()
     width = max(len(name) for name, _ in rows)
     print(f"{'what':{width}s}  ratio / figure")
     for name, value in rows:
         print(f"{name:{width}s}  {value}")
+    print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1, 5, 15 min) at the end")
 
 
 if __name__ == "__main__":
