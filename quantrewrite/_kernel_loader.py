@@ -3,10 +3,12 @@
 Loading numba's CPU target and the cached kernels costs about half a second of CPU in every new process
 (and a few seconds of compilation on the first run after an install, when numba's cache is empty). Paid on
 the first fake quantization or histogram of a process, that is a stall in the middle of the user's first
-calibration. Instead ``start_loading()`` (called when the first quantizer, calibrator or quantization grid
-is made) starts one thread that imports the kernel modules and runs every kernel once on tiny buffers; until
-it is done ``fused_kernels_available()`` is False and callers take the eager torch / numpy paths, which give
-bit-identical results (the tests check both paths against the same references).
+calibration. Instead the first ``fused_kernels_available()`` (asked by a CPU fake quantization, histogram
+count or amax sweep, the first moment a kernel would be used) calls ``start_loading()``, which starts one
+thread that imports the kernel modules and runs every kernel once on tiny buffers; until it is done
+``fused_kernels_available()`` is False and callers take the eager torch / numpy paths, which give
+bit-identical results (the tests check both paths against the same references). A process that never asks
+(max calibration only, CUDA tensors) never loads numba.
 
 ``wait_loaded()`` blocks until the kernels are ready (benchmarks and tests that want the fused path from the
 first call use it). ``QUANTREWRITE_EAGER=1`` disables the fused kernels (and the loading); a platform
@@ -38,8 +40,16 @@ def _eager_forced() -> bool:
 
 
 def fused_kernels_available() -> bool:
-    """True when the compiled kernels are loaded and ``QUANTREWRITE_EAGER=1`` is not set (read per call)."""
-    return _calib_kernels is not None and not _eager_forced()
+    """True when the compiled kernels are loaded and ``QUANTREWRITE_EAGER=1`` is not set (read per call).
+
+    Callers ask only when a kernel would run now (CPU tensors), so the first ask starts the background
+    loading (``start_loading``) and answers False: that call and the next ones until the kernels are ready
+    take the eager paths.
+    """
+    if _calib_kernels is not None:
+        return not _eager_forced()
+    start_loading()
+    return False
 
 
 def _load() -> None:

@@ -31,7 +31,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from quantrewrite import _kernel_loader, _kernels
+from quantrewrite import _kernels
 from quantrewrite.descriptor import (  # noqa: F401  (re-exported: the pytorch-quantization import path)
     QUANT_DESC_8BIT_CONV1D_WEIGHT_PER_CHANNEL,
     QUANT_DESC_8BIT_CONV2D_WEIGHT_PER_CHANNEL,
@@ -149,7 +149,6 @@ def prepare_grid(amax: torch.Tensor | float, num_bits: int | tuple[int, int] = 8
     Raises:
         ValueError: for a negative or NaN amax, an empty amax, or a bad num_bits.
     """
-    _kernel_loader.start_loading()  # a grid is made before the first quantization: let the kernels load
     fp8 = isinstance(num_bits, (tuple, list)) and tuple(num_bits) == (4, 3)
     if not fp8 and (isinstance(num_bits, bool) or not isinstance(num_bits, int) or num_bits < 0):
         raise ValueError(f"num_bits: expected an int >= 0 or (4, 3), got {num_bits!r}")

@@ -3,11 +3,13 @@ that run until the kernels are ready give the same bits."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 
 import numpy as np
+import pytest
 import torch
 
 from quantrewrite import _kernel_loader, _kernels_numba, calib
@@ -82,3 +84,48 @@ def test_direct_kernel_calls_wait_for_the_loader() -> None:
 
     _kernels.fake_quant_into(x, out, (1, 1, 9), scale, np.float32(1.0) / scale, -128.0, 127.0)
     assert torch.equal(out, torch.round(x * 127) / 127)
+
+
+START_POINTS = textwrap.dedent("""
+    import sys
+    import torch
+    import quantrewrite
+    from quantrewrite import _kernel_loader, calib
+
+    def started():
+        return _kernel_loader._started
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3)).eval()
+    batch = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    if sys.argv[1] == "max":
+        qmodel = quantrewrite.quantize_model(model, "int8_max")
+        quantrewrite.calibrate(qmodel, [batch], progress=False)
+        assert not started() and "numba" not in sys.modules, "max calibration needs no compiled kernel"
+        with torch.no_grad():
+            qmodel(batch)
+        assert started(), "the first quantized forward starts the loading"
+    else:
+        histogram = calib.HistogramCalibrator()
+        quantizer = quantrewrite.TensorQuantizer(quantrewrite.QuantDescriptor(amax=1.0))
+        quantrewrite.tensor_quant.prepare_grid(1.0)
+        assert not started(), "making a calibrator, a quantizer or a grid loads nothing"
+        histogram.collect(batch)
+        assert started(), "the first histogram count starts the loading"
+    print("ok")
+""")
+
+
+@pytest.mark.parametrize("scenario", ["max", "histogram"])
+def test_loading_starts_where_the_kernels_are_first_useful(scenario: str) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "QUANTREWRITE_EAGER"}
+    result = subprocess.run([sys.executable, "-c", START_POINTS, scenario], capture_output=True, text=True,
+                            check=False, timeout=300, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+
+
+def test_eager_switch_never_starts_the_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_kernel_loader, "_started", False)
+    monkeypatch.setattr(_kernel_loader, "_calib_kernels", None)
+    monkeypatch.setenv("QUANTREWRITE_EAGER", "1")
+    assert not _kernel_loader.fused_kernels_available()
+    assert not _kernel_loader._started

@@ -34,7 +34,6 @@ import math
 import numpy as np
 import torch
 
-from quantrewrite import _kernel_loader
 from quantrewrite.calib import _kernels
 from quantrewrite.calib.calibrator import _Calibrator
 from quantrewrite.tensor_quant import quant_bounds
@@ -116,7 +115,6 @@ class HistogramCalibrator(_Calibrator):
         self._skip_zeros = bool(skip_zeros)
         self._torch_hist = bool(torch_hist)
         self._reset()
-        _kernel_loader.start_loading()
 
     @property
     def num_bins(self) -> int:

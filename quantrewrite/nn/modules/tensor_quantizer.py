@@ -23,7 +23,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from quantrewrite import _kernel_loader
 from quantrewrite._kernels import same_contents
 from quantrewrite.descriptor import QuantDescriptor
 from quantrewrite.nn.modules.clip import Clip
@@ -164,7 +163,6 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
             init = float(torch.tensor(quant_desc.amax).max()) if quant_desc.amax is not None else 1.0
             self.clip = Clip(-init, init, learn_min=True, learn_max=True)
         self._calibrator = _make_calibrator(quant_desc, None)
-        _kernel_loader.start_loading()  # in the background: the first forward must not wait for numba
 
     # ------------------------------------------------------------------------------------------- naming
     @property
