@@ -2,8 +2,8 @@
 
 The two sweeps have plain numpy twins (``*_numpy``) that pick the same amax where numba is missing or
 ``QUANTREWRITE_EAGER=1`` is set (see ``quantrewrite._kernels.fused_kernels_available``); counting falls back
-to the torch path in ``histogram.py``, which is also the CUDA path. The tests check both against slow
-literal references.
+to ``histogram._count_cpu`` (float32 guesses, exact recounts near edges; ``histogram._count_torch`` is the
+CUDA path). The tests check all of them against slow literal references.
 
 Bins follow numpy's convention: bin ``b`` holds ``edges[b] <= a < edges[b + 1]``, the last bin also holds
 its right edge. Edges are ``edges[k] = base_max * k / base_bins`` in float64, so a first guess

@@ -81,6 +81,49 @@ def test_chunked_torch_path_counts_exactly(monkeypatch):
     np.testing.assert_array_equal(calibrator.histogram.numpy(), _np_hist([x], calibrator.bin_edges))
 
 
+def _near_edges(edges: torch.Tensor, ulps: int) -> torch.Tensor:
+    """Every float32 within ``ulps`` steps of each edge (rounded to float32), and the negatives of some."""
+    values, below, above = [edges.float()], edges.float(), edges.float()
+    for _ in range(ulps):
+        below = torch.nextafter(below, torch.tensor(0.0))
+        above = torch.nextafter(above, torch.tensor(np.inf))
+        values += [below, above]
+    values = torch.cat(values)
+    values = values[values.double() <= edges[-1]]  # the calibrator's precondition: nothing beyond the last edge
+    return torch.cat([values, -values[::3]])
+
+
+@pytest.mark.parametrize(("base_max", "num_bins", "grown"), [
+    (1.0, 2048, 0), (0.1, 1000, 0), (3.0e-3, 2047, 7), (7.77, 100, 300), (2.0**-20, 3, 1), (1.0e5, 1, 0)])
+@pytest.mark.parametrize("skip_zeros", [False, True])
+def test_cpu_eager_counts_equal_the_kernel_and_numpy_near_edges(base_max, num_bins, grown, skip_zeros):
+    """The eager CPU counting guesses bins in float32 and recounts the elements near an edge: on values on
+    and within a few ulps of every edge (float64 edges that float32 cannot hold among them), exact zeros,
+    -0.0, and grown bins, it gives the compiled kernel's counts and numpy's on the float64 edges."""
+    base_max = float(np.float32(base_max))
+    nbins = num_bins + grown
+    edges = torch.arange(nbins + 1, dtype=torch.float64) * base_max / num_bins
+    gen = torch.Generator().manual_seed(nbins)
+    x = torch.cat([_near_edges(edges, 3), torch.rand(3000, generator=gen) * float(edges[-1]) * 0.999,
+                   torch.zeros(40), torch.tensor([-0.0] * 5)])
+    x = x[torch.randperm(x.numel(), generator=gen)]
+    scale = num_bins / base_max
+    expected = _np_hist([x], edges, skip_zeros)
+    eager = histogram._count_cpu(x, edges, scale, skip_zeros)
+    np.testing.assert_array_equal(eager.numpy(), expected)
+    np.testing.assert_array_equal(histogram._count_torch(x, edges, scale, skip_zeros).numpy(), expected)
+    if _kernels.use_numba():
+        np.testing.assert_array_equal(_kernels.count_abs(x.numpy(), edges.numpy(), scale, skip_zeros), expected)
+
+
+def test_cpu_eager_counting_outside_its_float32_bounds_counts_exactly(counting_path):
+    # base_max of a subnormal float32: num_bins / base_max overflows float32, so the float64 path counts
+    x = torch.tensor([1.0e-39, 5.0e-40, 0.0, 2.5e-40])
+    calibrator = calib.HistogramCalibrator(num_bins=4)
+    calibrator.collect(x)
+    np.testing.assert_array_equal(calibrator.histogram.numpy(), _np_hist([x], calibrator.bin_edges))
+
+
 def test_counts_beyond_float32_saturation(monkeypatch):
     """2^24 + 7 zeros in one bin: a float32 counter would stop at 2^24. Stride-0 input keeps memory small."""
     monkeypatch.setattr(_kernels, "use_numba", lambda: False)
