@@ -16,6 +16,8 @@ NVIDIA ModelOpt; without ``nvidia-modelopt`` installed its rows say so).
   when first useful; the eager paths run until they are ready); medians of ``--cold-runs`` processes, with
   numba's cache as installed and empty (the first run after an install). ``--cold-only`` runs just these.
 * ``quantrewrite --help`` in a fresh process against ``python -c "import argparse"``.
+* ``sensitivity`` of the int8_default model against ModelOpt's ``auto_quantize`` scoring, per layer (see
+  ``benchmarks/sensitivity_row.py``; ``--skip-sensitivity`` leaves it out: it costs ~45 float forwards a round).
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ import sys
 import tempfile
 import textwrap
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 import quantrewrite
+from benchmarks.sensitivity_row import sensitivity_rows
 from quantrewrite import _kernel_loader
 from quantrewrite.models import ResidualCNN
 
@@ -229,6 +235,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: torch's)")
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh processes per cold-start row (median)")
     parser.add_argument("--cold-only", action="store_true", help="only the cold-start rows")
+    parser.add_argument("--skip-sensitivity", action="store_true", help="leave out the sensitivity row")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -240,6 +247,8 @@ def main() -> None:
         rows = cold_start(args.cold_runs)
     else:
         rows = end_to_end(args.rounds, not args.skip_peer) + cold_start(args.cold_runs) + cli_start_up()
+        if not args.skip_sensitivity:
+            rows += sensitivity_rows(*_model_and_batches(), args.rounds, not args.skip_peer)
     width = max(len(name) for name, _ in rows)
     print(f"{'what':{width}s}  ratio / figure")
     for name, value in rows:

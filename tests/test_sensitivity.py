@@ -204,3 +204,18 @@ def test_layers_from_names_when_the_plan_is_gone(digits):
     finally:
         qmodel.quant_plan = plan
     assert by_name == quantizer_groups(qmodel)
+
+
+@pytest.mark.parametrize(("granularity", "num_batches"), [("layer", None), ("quantizer", 1)])
+def test_forward_passes_count_the_calls_actually_made(digits, granularity, num_batches):
+    _, qmodel, data = digits
+    calls = []
+    handle = qmodel.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        report = sensitivity(qmodel, data, granularity=granularity, num_batches=num_batches)
+    finally:
+        handle.remove()
+    units = len(quantizer_groups(qmodel, granularity))
+    batches = len(data) if num_batches is None else num_batches
+    assert report.batches == batches and len(report.layers) == units
+    assert report.forward_passes == len(calls) == batches * (2 + 2 * units)  # the README's cost statement
