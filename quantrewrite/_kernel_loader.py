@@ -23,7 +23,8 @@ import os
 import threading
 from types import ModuleType
 
-__all__ = ["compiled", "compiled_calib", "fused_kernels_available", "start_loading", "wait_loaded"]
+__all__ = ["cache_locations", "compiled", "compiled_calib", "fused_kernels_available", "load_error", "start_loading",
+           "wait_loaded"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,6 +103,22 @@ def wait_loaded(timeout: float | None = None) -> bool:
     else:
         _done.wait(timeout)
     return fused_kernels_available()
+
+
+def load_error() -> BaseException | None:
+    """Why the kernels could not be loaded (None when they loaded, or before any load finished)."""
+    return _error
+
+
+def cache_locations() -> list[str]:
+    """The directories numba keeps the loaded kernels in (empty before they are loaded)."""
+    places = set()
+    for module in (_kernels, _calib_kernels):
+        for value in vars(module).values() if module is not None else ():
+            place = getattr(getattr(value, "_cache", None), "_cache_path", None)  # numba's dispatcher cache
+            if isinstance(place, str):
+                places.add(place)
+    return sorted(places)
 
 
 def _require(module: ModuleType | None) -> ModuleType:

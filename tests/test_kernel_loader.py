@@ -129,3 +129,22 @@ def test_eager_switch_never_starts_the_loading(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("QUANTREWRITE_EAGER", "1")
     assert not _kernel_loader.fused_kernels_available()
     assert not _kernel_loader._started
+
+
+def test_build_kernels_command_loads_them_and_names_the_cache(capsys: pytest.CaptureFixture[str]) -> None:
+    from quantrewrite.cli import main
+
+    assert main(["build-kernels"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("compiled CPU kernels ready in ")
+    places = _kernel_loader.cache_locations()
+    assert places and all(os.path.isdir(place) and place in out for place in places)
+
+
+def test_build_kernels_command_reports_why_they_cannot_load(monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from quantrewrite.cli import main
+
+    monkeypatch.setattr(_kernel_loader, "_error", ImportError("No module named 'numba'"))
+    assert main(["build-kernels"]) == 1
+    assert "cannot be loaded here: No module named 'numba'" in capsys.readouterr().err

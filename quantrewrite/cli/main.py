@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from quantrewrite.cli import sensitivity as sensitivity_cli
 from quantrewrite.cli.arg_types import int_at_least
 from quantrewrite.cli.errors import CLIError, UsageError
+from quantrewrite.cli.kernels import add_parser as add_kernels_parser
 from quantrewrite.cli.messages import plain_text, warning_line
 from quantrewrite.cli.placement import add_parser as add_placement_parser
 from quantrewrite.methods import CALIB_METHODS, DEFAULT_METHOD
@@ -31,6 +32,7 @@ EPILOG = """examples:
       --recipe resnet.recipe.yaml --onnx resnet.onnx
   quantrewrite validate my.yaml
   quantrewrite placement model.onnx
+  quantrewrite build-kernels   # once after installing (e.g. in a Dockerfile)
   quantrewrite sensitivity my_models.py:build_resnet --config int8_default --calib calib.pt --top 3 --yaml fix.yaml
 
 presets: int8_default, int8_max, w4a8, tensorrt, dla; run 'quantrewrite COMMAND --help' for more."""
@@ -192,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "int8 and w4a8 accuracy and SQNR, and a verified ONNX export of the best int8 model.")
     d.set_defaults(run=_command("commands", "run_demo"))
     add_placement_parser(sub, common)
+    add_kernels_parser(sub, common)
     sensitivity_cli.add_parser(sub, common, MODEL_HELP, _positive_int, _command("sensitivity", "run_sensitivity"))
     return parser
 
