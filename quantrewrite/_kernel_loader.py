@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 from types import ModuleType
 
@@ -53,13 +54,36 @@ def fused_kernels_available() -> bool:
     return False
 
 
+def _import_kernel_modules() -> tuple[ModuleType, ModuleType]:
+    """Import (compile or load from numba's cache) the two kernel modules.
+
+    numba refuses to define a cached kernel when no cache directory is writable (a read-only package directory
+    and no writable home, e.g. a container running as a user without one): the kernels then compile into a
+    temporary directory for this process rather than leave the process on the eager paths.
+    """
+    try:
+        from quantrewrite import _kernels_numba
+        from quantrewrite.calib import _kernels_numba as calib_kernels_numba
+    except RuntimeError as error:
+        if "no locator available" not in str(error):
+            raise
+        from numba.core import config
+
+        config.CACHE_DIR = tempfile.mkdtemp(prefix="quantrewrite-numba-")
+        logger.warning("numba has no writable cache directory here (%s); compiling the kernels into %s for this "
+                       "process: set NUMBA_CACHE_DIR to a writable directory, or run 'quantrewrite build-kernels' "
+                       "where the package is writable", error, config.CACHE_DIR)
+        from quantrewrite import _kernels_numba
+        from quantrewrite.calib import _kernels_numba as calib_kernels_numba
+    return _kernels_numba, calib_kernels_numba
+
+
 def _load() -> None:
     global _kernels, _calib_kernels, _error
     try:
-        from quantrewrite import _kernels_numba
         from quantrewrite._kernel_warmup import warm_calib_kernels, warm_fake_quant_kernels
-        from quantrewrite.calib import _kernels_numba as calib_kernels_numba
 
+        _kernels_numba, calib_kernels_numba = _import_kernel_modules()
         warm_fake_quant_kernels(_kernels_numba)
         warm_calib_kernels(calib_kernels_numba)
     except Exception as error:  # noqa: BLE001 - numba missing or broken: the eager paths give the same results

@@ -148,3 +148,24 @@ def test_build_kernels_command_reports_why_they_cannot_load(monkeypatch: pytest.
     monkeypatch.setattr(_kernel_loader, "_error", ImportError("No module named 'numba'"))
     assert main(["build-kernels"]) == 1
     assert "cannot be loaded here: No module named 'numba'" in capsys.readouterr().err
+
+
+NO_CACHE_LOCATION = textwrap.dedent("""
+    from numba.core import caching, config
+    from quantrewrite import _kernel_loader
+    # no writable place: only the NUMBA_CACHE_DIR locator, and NUMBA_CACHE_DIR unset
+    config.CACHE_DIR = ""
+    impl = getattr(caching, "CacheImpl", None) or caching._CacheImpl  # numba renamed them in 0.60
+    impl._locator_classes = [getattr(caching, "UserProvidedCacheLocator", None) or caching._UserProvidedCacheLocator]
+    assert _kernel_loader.wait_loaded(), _kernel_loader.load_error()
+    assert all(place.startswith(config.CACHE_DIR) for place in _kernel_loader.cache_locations())
+    print("ok")
+""")
+
+
+def test_kernels_load_without_a_writable_cache_directory() -> None:
+    env = {key: value for key, value in os.environ.items() if key not in ("QUANTREWRITE_EAGER", "NUMBA_CACHE_DIR")}
+    result = subprocess.run([sys.executable, "-c", NO_CACHE_LOCATION], capture_output=True, text=True,
+                            check=False, timeout=600, env=env)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stdout + result.stderr
+    assert "no writable cache directory" in result.stderr
