@@ -37,8 +37,30 @@ _calib_kernels: ModuleType | None = None  # quantrewrite.calib._kernels_numba, o
 _error: BaseException | None = None
 
 
+_EAGER_VARIABLE = "QUANTREWRITE_EAGER"
+
+
+def _environ_lookup() -> tuple[dict, object, object] | None:
+    """os.environ's own dict, with the switch's key and the value "1" as it stores them (CPython's
+    ``os._Environ``): read there, the switch costs a dict lookup per call instead of the ~1 us that
+    ``os.environ.get`` spends raising and catching a KeyError when the variable is unset. None (use
+    ``os.environ.get``) where os.environ is built otherwise."""
+    try:
+        data, encode_key, encode_value = os.environ._data, os.environ.encodekey, os.environ.encodevalue
+        key, one = encode_key(_EAGER_VARIABLE), encode_value("1")
+    except (AttributeError, TypeError, ValueError):  # pragma: no cover - another Python implementation
+        return None
+    return (data, key, one) if isinstance(data, dict) else None
+
+
+_ENVIRON = _environ_lookup()
+
+
 def _eager_forced() -> bool:
-    return os.environ.get("QUANTREWRITE_EAGER", "0") == "1"
+    if _ENVIRON is not None:
+        data, key, one = _ENVIRON
+        return data.get(key) == one
+    return os.environ.get(_EAGER_VARIABLE, "0") == "1"  # pragma: no cover - another Python implementation
 
 
 def fused_kernels_available() -> bool:

@@ -16,8 +16,8 @@ __all__ = ["warm_calib_kernels", "warm_fake_quant_kernels"]
 
 
 def warm_fake_quant_kernels(kernels: ModuleType) -> None:
-    """Call quant_rows, quant_serial, ste_flat, ste_rows (both fake and integer outputs), differing_words and
-    same_tail once each."""
+    """Call quant_rows, quant_rows_serial, quant_serial (both fake and integer outputs), ste_flat, ste_rows,
+    ste_serial, differing_words and same_tail once each."""
     x = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
     out = np.empty_like(x)
     grad = np.ones_like(x)
@@ -28,9 +28,11 @@ def warm_fake_quant_kernels(kernels: ModuleType) -> None:
     x_addr, out_addr, grad_addr = x.ctypes.data, out.ctypes.data, grad.ctypes.data
     for fake in (True, False):
         kernels.quant_rows(x_addr, out_addr, 4, 2, 2, scale, inverse, amax, lo, hi, fake, True, fake)
+        kernels.quant_rows_serial(x_addr, out_addr, 4, 2, 2, scale, inverse, amax, lo, hi, fake, True, fake)
         kernels.quant_serial(x_addr, out_addr, 8, scale[0], inverse[0], amax[0], lo, hi, fake, False, True)
     kernels.ste_flat(x_addr, grad_addr, out_addr, 8, amax[0])
     kernels.ste_rows(x_addr, grad_addr, out_addr, 4, 2, 2, amax)
+    kernels.ste_serial(x_addr, grad_addr, out_addr, 4, 2, 2, amax)
     kernels.differing_words(x_addr, out_addr, 2, 2)
     kernels.same_tail(x_addr, out_addr, 8)
 

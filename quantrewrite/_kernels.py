@@ -36,10 +36,13 @@ __all__ = [
     "QUOTIENT_MAX_Q",
     "QUOTIENT_SCALE_RANGE",
     "ROW",
+    "SERIAL_MAX",
+    "FusedQuant",
     "fake_quant_into",
     "fused_kernels_available",
     "quant_find_clipped_into",
     "quant_into",
+    "quantize_into",
     "reciprocal_scale",
     "same_contents",
     "ste_grad_into",
@@ -50,6 +53,10 @@ QUOTIENT_SCALE_RANGE = (2.0**-100, 2.0**100)
 # Per-tensor tensors are cut into rows of this many elements for the parallel loop; smaller ones (and the
 # tail) run serially on the calling thread.
 ROW = 1 << 14
+# Up to this many elements a kernel runs on the calling thread: starting numba's parallel loop costs a few
+# microseconds (measured: serial and parallel break even near 2^15 float32 elements on 2 threads; far more on a
+# loaded machine, where a parallel region waits for a descheduled thread).
+SERIAL_MAX = 1 << 15
 
 
 def _check(view: tuple[int, int, int], channel_values: tuple[np.ndarray, ...], *tensors: torch.Tensor) -> None:
@@ -75,34 +82,94 @@ def reciprocal_scale(scale: np.ndarray, min_bound: float, max_bound: float) -> n
     return np.where(scale == 0, np.float32(0.0), inverse).astype(np.float32)
 
 
+class FusedQuant:
+    """One fused quantization bound to its layout and per-channel values: what ``quantize_into`` runs.
+
+    Built once per (grid, input shape) by ``tensor_quant`` and reused by every call with them, so that a call
+    does no argument preparation: the kernel (parallel rows, or the calling thread below ``SERIAL_MAX``
+    elements, where starting the parallel loop costs more than it saves) and its arguments are chosen here.
+    The compiled kernels are looked up at the first call (they may still be loading when this is built).
+
+    Args:
+        view: (outer, channels, inner).
+        scale: float32, one value per channel; inv_scale: its ``reciprocal_scale`` (not read unless ``fake``).
+        amax: float32, one value per channel (read only when a call asks for ``clip``).
+        min_bound, max_bound: the integer grid's bounds.
+        fake: divide back (fake quantization) or keep the integers.
+        check_negative: report whether some x < 0 (unsigned grids).
+    """
+
+    __slots__ = ("_kernels", "_parallel", "_rows_args", "_tail_args", "_tail_offset", "numel", "view")
+
+    def __init__(self, view: tuple[int, int, int], scale: np.ndarray, inv_scale: np.ndarray, amax: np.ndarray,
+                 min_bound: float, max_bound: float, fake: bool, check_negative: bool) -> None:
+        outer, channels, inner = view
+        self.view = view
+        self.numel = outer * channels * inner
+        lo, hi = np.float32(min_bound), np.float32(max_bound)
+        self._parallel = self.numel > SERIAL_MAX
+        self._rows_args: tuple | None = None  # (rows, width, channels, scale, inv_scale, amax, lo, hi, fake, check)
+        self._tail_args: tuple | None = None  # (n, s, r, a, lo, hi, fake, check) for quant_serial
+        self._tail_offset = 0  # bytes
+        if channels > 1:
+            self._rows_args = (outer * channels, inner, channels, scale, inv_scale, amax, lo, hi, fake,
+                               check_negative)
+        else:
+            rows, tail = divmod(self.numel, ROW) if self._parallel else (0, self.numel)
+            if rows:
+                self._rows_args = (rows, ROW, 1, scale, inv_scale, amax, lo, hi, fake, check_negative)
+            if tail:
+                self._tail_args = (tail, scale[0], inv_scale[0], amax[0], lo, hi, fake, check_negative)
+                self._tail_offset = 4 * rows * ROW
+        self._kernels: tuple | None = None
+
+    def __call__(self, x_addr: int, out_addr: int, clip: bool) -> tuple[bool, bool]:
+        """Quantize ``numel`` float32 values at x_addr into out_addr; returns (some x < 0 when
+        check_negative, some x outside [-amax, amax] or NaN when ``clip``)."""
+        kernels = self._kernels
+        if kernels is None:
+            compiled_kernels = compiled()
+            rows_kernel = compiled_kernels.quant_rows if self._parallel else compiled_kernels.quant_rows_serial
+            kernels = self._kernels = (rows_kernel, compiled_kernels.quant_serial)
+        negative = outside = False
+        if self._rows_args is not None:
+            negative, outside, _ = kernels[0](x_addr, out_addr, *self._rows_args, clip)
+        if self._tail_args is not None:
+            offset = self._tail_offset
+            tail_negative, tail_outside, _ = kernels[1](x_addr + offset, out_addr + offset, *self._tail_args, clip)
+            negative |= tail_negative
+            outside |= tail_outside
+        return bool(negative), bool(outside)
+
+
+def quantize_into(fused: FusedQuant, x: torch.Tensor, out: torch.Tensor, clip: bool,
+                  checked: bool = True) -> tuple[bool, bool]:
+    """Run a bound quantization: out = the grid's (fake) quantization of x.
+
+    Args:
+        fused: the layout and values (``FusedQuant``).
+        x, out: contiguous float32 CPU tensors of ``fused.numel`` elements.
+        clip: also tell whether some x has NOT |x| <= amax (outside the range, or NaN).
+        checked: False skips the buffer checks, for callers that guarantee them (the kernels read raw
+            addresses: a wrong buffer is memory corruption, not an exception).
+
+    Returns:
+        (whether some x < 0 (False unless the grid checks negatives), whether some x is outside [-amax, amax]
+        (False unless ``clip``)).
+    """
+    if checked:
+        _check(fused.view, (), x, out)
+    return fused(x.data_ptr(), out.data_ptr(), clip)
+
+
 def _run_quant(x: torch.Tensor, out: torch.Tensor, view: tuple[int, int, int], scale: np.ndarray,
                inv_scale: np.ndarray, amax: np.ndarray | None, min_bound: float, max_bound: float, fake: bool,
                check_negative: bool, checked: bool) -> tuple[bool, bool]:
     clip = amax is not None
     if checked:
         _check(view, (scale, inv_scale) + ((amax,) if clip else ()), x, out)
-    if not clip:
-        amax = scale  # not read
-    kernels = compiled()
-    outer, channels, inner = view
-    lo, hi = np.float32(min_bound), np.float32(max_bound)
-    if channels > 1:
-        negative, outside, _ = kernels.quant_rows(x.data_ptr(), out.data_ptr(), outer * channels, inner, channels,
-                                                  scale, inv_scale, amax, lo, hi, fake, check_negative, clip)
-        return bool(negative), bool(outside)
-    rows, tail = divmod(outer * inner, ROW)
-    negative = outside = False
-    if rows:
-        negative, outside, _ = kernels.quant_rows(x.data_ptr(), out.data_ptr(), rows, ROW, 1, scale, inv_scale,
-                                                  amax, lo, hi, fake, check_negative, clip)
-    if tail:
-        done = 4 * rows * ROW  # bytes
-        tail_negative, tail_outside, _ = kernels.quant_serial(x.data_ptr() + done, out.data_ptr() + done, tail,
-                                                              scale[0], inv_scale[0], amax[0], lo, hi, fake,
-                                                              check_negative, clip)
-        negative |= tail_negative
-        outside |= tail_outside
-    return bool(negative), bool(outside)
+    fused = FusedQuant(view, scale, inv_scale, amax if clip else scale, min_bound, max_bound, fake, check_negative)
+    return fused(x.data_ptr(), out.data_ptr(), clip)
 
 
 def fake_quant_into(x: torch.Tensor, out: torch.Tensor, view: tuple[int, int, int], scale: np.ndarray,
@@ -154,7 +221,10 @@ def ste_grad_into(x: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, view: 
     if checked:
         _check(view, (amax,), x, grad, out)
     outer, channels, inner = view
-    if channels == 1:
+    if outer * channels * inner <= SERIAL_MAX:
+        compiled().ste_serial(x.data_ptr(), grad.data_ptr(), out.data_ptr(), outer * channels, inner, channels,
+                              amax)
+    elif channels == 1:
         compiled().ste_flat(x.data_ptr(), grad.data_ptr(), out.data_ptr(), outer * inner, amax[0])
     else:
         compiled().ste_rows(x.data_ptr(), grad.data_ptr(), out.data_ptr(), outer * channels, inner, channels, amax)

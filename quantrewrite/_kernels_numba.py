@@ -12,7 +12,7 @@ from llvmlite import ir as llvm_ir
 from numba import carray, njit, prange, types
 from numba.core.extending import intrinsic
 
-__all__ = ["quant_rows", "quant_serial", "quotient", "ste_flat", "ste_rows"]
+__all__ = ["quant_rows", "quant_rows_serial", "quant_serial", "quotient", "ste_flat", "ste_rows", "ste_serial"]
 
 def _pointer_intrinsic(element):
     pointer = types.CPointer(element)
@@ -124,6 +124,24 @@ def quant_rows(x_addr, out_addr, rows, width, channels, scale, inv_scale, amax, 
 
 
 @njit(cache=True, nogil=True)
+def quant_rows_serial(x_addr, out_addr, rows, width, channels, scale, inv_scale, amax, min_bound, max_bound, fake,
+                      check, clip):  # pragma: no cover - compiled
+    """``quant_rows`` on the calling thread: for tensors small enough that starting the parallel loop costs more
+    than it saves."""
+    x = carray(_f32_ptr(x_addr), (rows, width))
+    out = carray(_f32_ptr(out_addr), (rows, width))
+    negative = False
+    outside = False
+    for row in range(rows):
+        c = row % channels
+        row_negative, row_outside = quant_row(x, out, row, width, scale[c], inv_scale[c], amax[c], min_bound,
+                                              max_bound, fake, check, clip)
+        negative |= row_negative
+        outside |= row_outside
+    return negative, outside, out[rows - 1, width - 1]
+
+
+@njit(cache=True, nogil=True)
 def quant_serial(x_addr, out_addr, n, s, r, a, min_bound, max_bound, fake, check, clip):  # pragma: no cover
     """The per-tensor formula over n elements on the calling thread (small tensors, and the tail of the
     rows of a large one); returns as ``quant_rows``."""
@@ -149,6 +167,19 @@ def ste_rows(x_addr, grad_addr, out_addr, rows, width, channels, amax):  # pragm
     grad = carray(_f32_ptr(grad_addr), (rows, width))
     out = carray(_f32_ptr(out_addr), (rows, width))
     for row in prange(rows):
+        a = amax[row % channels]
+        for i in range(width):
+            out[row, i] = grad[row, i] if abs(x[row, i]) <= a else 0.0
+    return out[rows - 1, width - 1]
+
+
+@njit(cache=True, nogil=True)
+def ste_serial(x_addr, grad_addr, out_addr, rows, width, channels, amax):  # pragma: no cover - compiled
+    """``ste_rows`` (and, with one channel, ``ste_flat``) on the calling thread, for small tensors."""
+    x = carray(_f32_ptr(x_addr), (rows, width))
+    grad = carray(_f32_ptr(grad_addr), (rows, width))
+    out = carray(_f32_ptr(out_addr), (rows, width))
+    for row in range(rows):
         a = amax[row % channels]
         for i in range(width):
             out[row, i] = grad[row, i] if abs(x[row, i]) <= a else 0.0

@@ -108,6 +108,7 @@ class QuantGrid(NamedTuple):
     amax_host: np.ndarray | None
     amax_shape: tuple[int, ...]
     inv_scale_host: np.ndarray | None  # RN(1 / scale) for the kernels' exact fast quotient, where it applies
+    plans: dict  # (input shape, fake) -> _Plan: how this grid quantizes inputs of that shape (see ``_plan``)
 
 
 def _validated_amax(amax: torch.Tensor | float, device: torch.device) -> torch.Tensor:
@@ -168,7 +169,7 @@ def prepare_grid(amax: torch.Tensor | float, num_bits: int | tuple[int, int] = 8
         amax_host = amax.reshape(-1).contiguous().numpy()
     inv_scale_host = None if scale_host is None else _kernels.reciprocal_scale(scale_host, min_bound, max_bound)
     return QuantGrid(amax, scale, min_bound, max_bound, unsigned, fp8, any_zero, scale_host, amax_host,
-                     tuple(amax.shape), inv_scale_host)
+                     tuple(amax.shape), inv_scale_host, {})
 
 
 class _Layout(NamedTuple):
@@ -242,46 +243,62 @@ def _as_float32_contiguous(t: torch.Tensor) -> torch.Tensor:
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.float().contiguous()
 
 
-def _fused_applies(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, fake: bool) -> bool:
-    """Whether the fused CPU kernel computes this quantization (else the eager formula does)."""
-    return (layout.view is not None and grid.scale_host is not None
-            and (not fake or grid.inv_scale_host is not None)
-            and inputs.is_cpu and inputs.numel() > 0 and _kernels.fused_kernels_available())
+class _Plan(NamedTuple):
+    """How one grid quantizes inputs of one shape: everything that does not depend on the values."""
+
+    layout: _Layout
+    fake: bool
+    fused: _kernels.FusedQuant | None  # the bound CPU kernel, or None: the eager formula computes it
 
 
-def _forward(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, fake: bool,
-             out: torch.Tensor | None = None) -> torch.Tensor:
-    """Fused kernel where it applies (CPU, an amax laid out as one block of dims, an exact fast quotient),
-    else eager. ``out``, a float32 contiguous tensor of the input's shape, is written to when the fused
-    kernel runs on a float32 input (and ignored otherwise)."""
-    if not _fused_applies(inputs, grid, layout, fake):
-        return _forward_eager(inputs, grid, layout, fake)
+_PLANS_PER_GRID = 16  # a grid meets few shapes; past this many (varying batch sizes), start over
+
+
+def _plan(grid: QuantGrid, shape: torch.Size, fake: bool) -> _Plan:
+    """The grid's plan for inputs of ``shape``, made at the first call with it (kept in ``grid.plans``: a
+    static amax keeps its grid, so a weight's every step reuses one plan)."""
+    key = (shape, fake)
+    plan = grid.plans.get(key)
+    if plan is None:
+        layout = _layout(tuple(shape), grid.amax_shape)
+        fused = None
+        # The fused kernel applies on CPU, to an amax laid out as one block of dims, with an exact fast quotient
+        if (layout.view is not None and grid.scale_host is not None and shape.numel() > 0
+                and (not fake or grid.inv_scale_host is not None)):
+            fused = _kernels.FusedQuant(layout.view, grid.scale_host, grid.inv_scale_host if fake else grid.scale_host,
+                                        grid.amax_host, grid.min_bound, grid.max_bound, fake, grid.unsigned)
+        if len(grid.plans) >= _PLANS_PER_GRID:
+            grid.plans.clear()
+        plan = grid.plans[key] = _Plan(layout, fake, fused)
+    return plan
+
+
+def _forward(inputs: torch.Tensor, grid: QuantGrid, plan: _Plan, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Fused kernel where the plan has one (and the kernels are loaded), else eager. ``out``, a float32
+    contiguous tensor of the input's shape, is written to when the fused kernel runs on a float32 input (and
+    ignored otherwise)."""
+    fused = plan.fused
+    if fused is None or not inputs.is_cpu or not _kernels.fused_kernels_available():
+        return _forward_eager(inputs, grid, plan.layout, plan.fake)
     x32 = _as_float32_contiguous(inputs)
     if out is None or inputs.dtype != torch.float32:
         out = torch.empty_like(x32)
-    if fake:
-        negative = _kernels.fake_quant_into(x32, out, layout.view, grid.scale_host, grid.inv_scale_host,
-                                            grid.min_bound, grid.max_bound, grid.unsigned, checked=False)
-    else:
-        negative = _kernels.quant_into(x32, out, layout.view, grid.scale_host, grid.min_bound, grid.max_bound,
-                                       grid.unsigned, checked=False)
+    negative, _ = _kernels.quantize_into(fused, x32, out, False, checked=False)
     if negative:
         raise _negative_input_error(inputs)
     return out if inputs.dtype == torch.float32 else out.to(inputs.dtype)
 
 
-def _forward_finding_clipped(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout,
-                             fake: bool) -> tuple[torch.Tensor, bool]:
+def _forward_finding_clipped(inputs: torch.Tensor, grid: QuantGrid, plan: _Plan) -> tuple[torch.Tensor, bool]:
     """``_forward`` for autograd: also whether the straight-through gradient masks some element (some x has
     not |x| <= amax: out of range, or NaN). The fused kernel finds that in the same pass; on the eager path
     the answer is True (unknown: the backward then masks as usual)."""
-    if not _fused_applies(inputs, grid, layout, fake):
-        return _forward_eager(inputs, grid, layout, fake), True
+    fused = plan.fused
+    if fused is None or not inputs.is_cpu or not _kernels.fused_kernels_available():
+        return _forward_eager(inputs, grid, plan.layout, plan.fake), True
     x32 = _as_float32_contiguous(inputs)
     out = torch.empty_like(x32)
-    negative, clipped = _kernels.quant_find_clipped_into(
-        x32, out, layout.view, grid.scale_host, grid.inv_scale_host if fake else grid.scale_host, grid.amax_host,
-        grid.min_bound, grid.max_bound, fake, grid.unsigned, checked=False)
+    negative, clipped = _kernels.quantize_into(fused, x32, out, True, checked=False)
     if negative:
         raise _negative_input_error(inputs)
     return (out if inputs.dtype == torch.float32 else out.to(inputs.dtype)), clipped
@@ -303,7 +320,7 @@ def _ste_grad(inputs: torch.Tensor, grid: QuantGrid, layout: _Layout, grad: torc
 
 
 class _QuantFunction(torch.autograd.Function):
-    """Quantize (fake or real) with a straight-through gradient; no gradient to amax.
+    """Quantize (fake or real, as the plan says) with a straight-through gradient; no gradient to amax.
 
     When the forward finds every element inside [-amax, amax] (weights calibrated with max always are), the
     backward passes the incoming gradient on untouched (the mask would keep all of it) and nothing is saved
@@ -311,20 +328,20 @@ class _QuantFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, inputs, grid, layout, fake):
-        outputs, clipped = _forward_finding_clipped(inputs, grid, layout, fake)  # integers carry the STE too
+    def forward(ctx, inputs, grid, plan):
+        outputs, clipped = _forward_finding_clipped(inputs, grid, plan)  # integers carry the STE too
         ctx.clipped = clipped
         if clipped:
             ctx.save_for_backward(inputs)  # saved as is: no copy
-            ctx.grid, ctx.layout = grid, layout
+            ctx.grid, ctx.layout = grid, plan.layout
         return outputs
 
     @staticmethod
     def backward(ctx, grad):
         if not ctx.clipped:
-            return grad, None, None, None
+            return grad, None, None
         (inputs,) = ctx.saved_tensors
-        return _ste_grad(inputs, ctx.grid, ctx.layout, grad), None, None, None
+        return _ste_grad(inputs, ctx.grid, ctx.layout, grad), None, None
 
 
 def quantize_with_grid(inputs: torch.Tensor, grid: QuantGrid, fake: bool = True,
@@ -334,10 +351,10 @@ def quantize_with_grid(inputs: torch.Tensor, grid: QuantGrid, fake: bool = True,
 
     ``out`` (float32, contiguous, the input's shape) may receive the result when no gradient is needed and the
     fused kernel applies; always use the returned tensor."""
-    layout = _layout(tuple(inputs.shape), grid.amax_shape)
+    plan = _plan(grid, inputs.shape, fake)
     if inputs.requires_grad and torch.is_grad_enabled():
-        return _QuantFunction.apply(inputs, grid, layout, fake)
-    return _forward(inputs, grid, layout, fake, out)
+        return _QuantFunction.apply(inputs, grid, plan)
+    return _forward(inputs, grid, plan, out)
 
 
 def tensor_quant(inputs: torch.Tensor, amax: torch.Tensor | float, num_bits: int | tuple[int, int] = 8,

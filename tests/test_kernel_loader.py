@@ -16,7 +16,7 @@ from quantrewrite import _kernel_loader, _kernels_numba, calib
 from quantrewrite.calib import _kernels_numba as calib_kernels_numba
 from quantrewrite.tensor_quant import fake_tensor_quant
 
-KERNELS = ((_kernels_numba, ("quant_rows", "quant_serial", "ste_flat", "ste_rows")),
+KERNELS = ((_kernels_numba, ("quant_rows", "quant_rows_serial", "quant_serial", "ste_flat", "ste_rows", "ste_serial")),
            (calib_kernels_numba, ("count_abs", "entropy_divergences", "mse_errors")))
 
 

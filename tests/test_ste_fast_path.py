@@ -30,12 +30,13 @@ def reference_outside(x: torch.Tensor, amax: torch.Tensor) -> bool:
 
 def views() -> list[tuple[str, tuple[int, ...], torch.Tensor, tuple[int, int, int]]]:
     """(name, shape, amax shaped to broadcast, kernel view): per-tensor rows plus a tail, a small serial
-    tensor, per-channel on dim 0 and on dim 1."""
+    tensor, per-channel on dim 0 (serial, and parallel above ``SERIAL_MAX`` elements) and on dim 1."""
     big = 3 * _kernels.ROW + 77
     return [
         ("per-tensor rows+tail", (big,), torch.tensor(1.5), (1, 1, big)),
         ("per-tensor serial", (37,), torch.tensor(1.5), (1, 1, 37)),
         ("axis 0", (16, 8, 3, 3), torch.linspace(0.5, 2.5, 16).reshape(16, 1, 1, 1), (1, 16, 72)),
+        ("axis 0 parallel", (64, 8, 9, 9), torch.linspace(0.5, 2.5, 64).reshape(64, 1, 1, 1), (1, 64, 648)),
         ("axis 1", (4, 6, 5), torch.linspace(0.5, 2.5, 6).reshape(1, 6, 1), (4, 6, 5)),
     ]
 

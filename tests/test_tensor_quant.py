@@ -67,7 +67,7 @@ def both(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], Any]], tuple
 
     def run(fn: Callable[[], Any]) -> tuple[Any, Any, int]:
         calls = 0
-        names = ("fake_quant_into", "quant_into", "quant_find_clipped_into", "ste_grad_into")
+        names = ("fake_quant_into", "quant_into", "quant_find_clipped_into", "quantize_into", "ste_grad_into")
         real = {name: getattr(_kernels, name) for name in names}
 
         def counting(name: str) -> Callable[..., Any]:

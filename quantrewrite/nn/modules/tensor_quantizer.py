@@ -4,9 +4,9 @@ Forward order: disabled? return the input itself -> calibrating? feed the calibr
 off, return the input itself) -> clip stage (learn_amax) -> quantize (when quantization is on) -> return.
 
 A static amax is validated and turned into a scale once (a ``QuantGrid`` cached until the ``_amax`` buffer
-changes: in-place writes, writes through ``.data``, ``load_state_dict``, ``.to()``), so each forward is one fused
-pass over the tensor. Caches are validated by content, not by version counters: a write through ``.data``
-bumps no counter.
+changes: in-place writes, writes through ``.data``, ``load_state_dict``, ``.to()``; see ``_grid_cache``), so each
+forward is one fused pass over the tensor. Caches are validated by content, not by version counters: a write
+through ``.data`` bumps no counter.
 
 Example:
     >>> quantizer = TensorQuantizer(QuantDescriptor(num_bits=8, amax=2.0))
@@ -25,6 +25,7 @@ from torch import nn
 
 from quantrewrite._kernels import same_contents
 from quantrewrite.descriptor import QuantDescriptor
+from quantrewrite.nn.modules._grid_cache import GridCache, device_key
 from quantrewrite.nn.modules.clip import Clip
 from quantrewrite.nn.modules.tensor_quantizer_compat import (
     AmaxShapeError,
@@ -153,9 +154,9 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
         self._if_clip = if_clip
         self._if_calib = if_calib
         self._scale: torch.Tensor | None = None
-        # (amax buffer, copy of its contents, device key, grid) and
-        # (weight, copy of its contents, key, grid used, quantized weight): see _static_grid, _cached_weight_forward
-        self._grid_cache: tuple[torch.Tensor, torch.Tensor, int, QuantGrid] | None = None
+        # the static amax's grid, and (weight, copy of its contents, key, grid used, quantized weight): see
+        # _static_grid, _cached_weight_forward
+        self._grid_cache: GridCache | None = None
         self._weight_cache: tuple[nn.Parameter, torch.Tensor, tuple, QuantGrid | None, torch.Tensor] | None = None
         if quant_desc.amax is not None:
             self.register_buffer("_amax", torch.tensor(quant_desc.amax, dtype=torch.float32))
@@ -445,18 +446,18 @@ class TensorQuantizer(PytorchQuantizationViews, nn.Module):
 
     # ------------------------------------------------------------------------------------------ forward
     def _static_grid(self, amax: torch.Tensor, inputs: torch.Tensor) -> QuantGrid:
-        """The grid of the ``_amax`` buffer, rebuilt only when the buffer object, its contents or the input's
-        device changes: the hot path does no validation, division or sync.
+        """The grid of the ``_amax`` buffer, rebuilt only when the buffer object, its contents (dtype, shape
+        and layout included) or the input's device changes: the hot path does no validation, division or sync.
 
-        The contents are compared with a copy taken when the grid was built (amax is small): version counters
-        miss writes through ``amax.data``.
+        The contents are compared with a copy taken when the grid was built (amax is small; ``GridCache``):
+        version counters miss writes through ``amax.data``.
         """
-        device_key = -1 if inputs.is_cpu else inputs.get_device()
+        device = device_key(inputs)
         cache = self._grid_cache
-        if cache is None or cache[0] is not amax or cache[2] != device_key or not same_contents(amax, cache[1]):
+        if cache is None or not cache.matches(amax, device):
             grid = self._make_grid(amax.to(inputs.device), inputs.device)
-            cache = self._grid_cache = (amax, amax.detach().clone(), device_key, grid)
-        return cache[3]
+            cache = self._grid_cache = GridCache(amax, device, grid)
+        return cache.grid
 
     def _make_grid(self, amax: torch.Tensor, device: torch.device) -> QuantGrid:
         desc = self._descriptor
