@@ -46,6 +46,20 @@ def _fma(typingctx, a, b, c):  # pragma: no cover - compiled
     return types.float32(types.float32, types.float32, types.float32), codegen
 
 
+@intrinsic
+def _abs_bits(typingctx, v):  # pragma: no cover - compiled
+    """The bits of |v| (float32, sign cleared) as an int32. For v >= 0 and NaN these order as the values do,
+    with every NaN above +inf: ``_abs_bits(x) > _abs_bits(a)`` is exactly ``not abs(x) <= abs(a)``."""
+    if not (isinstance(v, types.Float) and v.bitwidth == 32):
+        return None
+
+    def codegen(context, builder, signature, args):
+        i32 = llvm_ir.IntType(32)
+        return builder.and_(builder.bitcast(args[0], i32), llvm_ir.Constant(i32, 0x7FFFFFFF))
+
+    return types.int32(types.float32), codegen
+
+
 @njit(inline="always")
 def quotient(q, s, r):  # pragma: no cover - compiled
     """q / s correctly rounded, from r = RN(1 / s) (see the module docstring for where it is valid)."""
@@ -58,9 +72,14 @@ def quotient(q, s, r):  # pragma: no cover - compiled
 def quant_row(x, out, row, width, s, r, a, min_bound, max_bound, fake, check, clip):  # pragma: no cover
     """One row of the grid; returns (whether the row has an x < 0, when check; whether it has an x outside
     [-a, a] or a NaN, i.e. an element whose straight-through gradient is 0, when clip). Each case is its own
-    loop so that every one vectorizes (an integer count reduction would not)."""
+    loop so that every one vectorizes (an integer count reduction would not).
+
+    "Outside" is found as an integer max of the bits of |x| (``_abs_bits``), compared with a's once per row:
+    one vector max per block of elements, where ``outside |= not abs(x) <= a`` cost a compare and an or-reduction
+    (measured serially on 2.36 MB: plain fake quantization 1.00, with the or-reduction 1.22, with the max 1.02).
+    """
     negative = False
-    outside = False
+    largest = np.int32(0)  # max of _abs_bits(x) over the row, when clip
     if s == 0.0:
         for i in range(width):
             out[row, i] = 0.0
@@ -69,11 +88,13 @@ def quant_row(x, out, row, width, s, r, a, min_bound, max_bound, fake, check, cl
                 negative |= x[row, i] < 0.0
         if clip:
             for i in range(width):
-                outside |= not abs(x[row, i]) <= a
+                bits = _abs_bits(x[row, i])
+                largest = largest if largest >= bits else bits
     elif fake and clip:  # two reductions in one loop would not vectorize: negatives get their own loop
         for i in range(width):
             v = x[row, i]
-            outside |= not abs(v) <= a
+            bits = _abs_bits(v)
+            largest = largest if largest >= bits else bits
             out[row, i] = quotient(min(max(np.rint(v * s), min_bound), max_bound), s, r)
         if check:
             for i in range(width):
@@ -89,7 +110,8 @@ def quant_row(x, out, row, width, s, r, a, min_bound, max_bound, fake, check, cl
     elif clip:
         for i in range(width):
             v = x[row, i]
-            outside |= not abs(v) <= a
+            bits = _abs_bits(v)
+            largest = largest if largest >= bits else bits
             out[row, i] = min(max(np.rint(v * s), min_bound), max_bound)
         if check:
             for i in range(width):
@@ -102,7 +124,7 @@ def quant_row(x, out, row, width, s, r, a, min_bound, max_bound, fake, check, cl
     else:
         for i in range(width):
             out[row, i] = min(max(np.rint(x[row, i] * s), min_bound), max_bound)
-    return negative, outside
+    return negative, clip and largest > _abs_bits(a)
 
 
 @njit(parallel=True, cache=True, nogil=True)
