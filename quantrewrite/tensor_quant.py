@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import NamedTuple
 
 import numpy as np
@@ -344,6 +345,27 @@ class _QuantFunction(torch.autograd.Function):
         return _ste_grad(inputs, ctx.grid, ctx.layout, grad), None, None
 
 
+def _direct_apply() -> Callable[..., torch.Tensor] | None:
+    """``_QuantFunction.apply`` without ``torch.autograd.Function.apply``'s Python preamble (about a
+    microsecond per call: default-argument binding checks, the functorch dispatch, a pass over the arguments
+    for dead functorch wrappers), for calls made outside functorch transforms. That preamble then only
+    unwraps dead wrappers, which ``_apply`` does for its one tensor. None where torch lacks the pieces."""
+    functorch = getattr(torch._C, "_functorch", None)
+    if (not hasattr(torch._C, "_are_functorch_transforms_active") or functorch is None
+            or not hasattr(functorch, "unwrap_if_dead")):
+        return None  # pragma: no cover - another torch
+    return super(torch.autograd.Function, _QuantFunction).apply  # torch._C._FunctionBase.apply
+
+
+_DIRECT_APPLY = _direct_apply()
+
+
+def _apply(inputs: torch.Tensor, grid: QuantGrid, plan: _Plan) -> torch.Tensor:
+    if _DIRECT_APPLY is None or torch._C._are_functorch_transforms_active():
+        return _QuantFunction.apply(inputs, grid, plan)  # the public path (functorch transforms included)
+    return _DIRECT_APPLY(torch._C._functorch.unwrap_if_dead(inputs), grid, plan)
+
+
 def quantize_with_grid(inputs: torch.Tensor, grid: QuantGrid, fake: bool = True,
                        out: torch.Tensor | None = None) -> torch.Tensor:
     """Apply a prepared grid: fake quantization (or the integer grid when ``fake`` is False, or the FP8 value
@@ -353,7 +375,7 @@ def quantize_with_grid(inputs: torch.Tensor, grid: QuantGrid, fake: bool = True,
     fused kernel applies; always use the returned tensor."""
     plan = _plan(grid, inputs.shape, fake)
     if inputs.requires_grad and torch.is_grad_enabled():
-        return _QuantFunction.apply(inputs, grid, plan)
+        return _apply(inputs, grid, plan)
     return _forward(inputs, grid, plan, out)
 
 
