@@ -89,12 +89,12 @@ def quant_row(x, out, row, width, s, r, a, min_bound, max_bound, fake, check, cl
         if clip:
             for i in range(width):
                 bits = _abs_bits(x[row, i])
-                largest = largest if largest >= bits else bits
+                largest = max(largest, bits)
     elif fake and clip:  # two reductions in one loop would not vectorize: negatives get their own loop
         for i in range(width):
             v = x[row, i]
             bits = _abs_bits(v)
-            largest = largest if largest >= bits else bits
+            largest = max(largest, bits)
             out[row, i] = quotient(min(max(np.rint(v * s), min_bound), max_bound), s, r)
         if check:
             for i in range(width):
@@ -111,7 +111,7 @@ def quant_row(x, out, row, width, s, r, a, min_bound, max_bound, fake, check, cl
         for i in range(width):
             v = x[row, i]
             bits = _abs_bits(v)
-            largest = largest if largest >= bits else bits
+            largest = max(largest, bits)
             out[row, i] = min(max(np.rint(v * s), min_bound), max_bound)
         if check:
             for i in range(width):
