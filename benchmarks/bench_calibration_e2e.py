@@ -14,7 +14,9 @@ NVIDIA ModelOpt; without ``nvidia-modelopt`` installed its rows say so).
   against the best later one in the same process, and the first quantized forward over the batches after
   them against a later one (where the kernel loading moved: numba's kernels load in a background thread
   when first useful; the eager paths run until they are ready); medians of ``--cold-runs`` processes, with
-  numba's cache as installed and empty (the first run after an install). ``--cold-only`` runs just these.
+  numba's cache as installed and empty (the first run after an install); and the eager CPU histogram
+  counting (what a batch counted before the kernels are ready costs) over the compiled kernel.
+  ``--cold-only`` runs just these.
 * ``quantrewrite --help`` in a fresh process against ``python -c "import argparse"``.
 * ``sensitivity`` of the int8_default model against ModelOpt's ``auto_quantize`` scoring, per layer (see
   ``benchmarks/sensitivity_row.py``; ``--skip-sensitivity`` leaves it out: it costs ~45 float forwards a round).
