@@ -10,6 +10,9 @@ NVIDIA ModelOpt; without ``nvidia-modelopt`` installed its rows say so).
   histogram calibrators with entropy (see ``_modelopt_histogram_run``) on the same model and data. Rounds
   alternate; the best of ``--rounds`` is kept. ``--threads N`` sets torch's (and numba's) thread count: on a
   loaded machine, 1 avoids the parallel regions' waits for a descheduled thread.
+* ``calibrate`` with int8_default, ``auto`` and ``percentile``, on ``--auto-batches`` (64) batches over the
+  float forward of the same batches (``--rounds`` minus one rounds): auto's scoring costs about the same as
+  at 8 batches (its budget), so its ratio nears percentile's as the calibration set grows.
 * cold start: in fresh processes, the first ``calibrate`` (int8_max with max, int8_default with percentile)
   against the best later one in the same process, and the first quantized forward over the batches after
   them against a later one (where the kernel loading moved: numba's kernels load in a background thread
@@ -217,6 +220,32 @@ def eager_counting(rounds: int = 15) -> list[tuple[str, str]]:
     return [("histogram counting before the kernels load, 16x64x64x64", figure)]
 
 
+def auto_at_scale(rounds: int, batches: int) -> list[tuple[str, str]]:
+    """int8_default with the default ``auto`` (and ``percentile``) over the float forward of the same, larger
+    set of batches: auto's scoring is bounded by its budget while the statistics pass grows with the data."""
+    model, _ = _model_and_batches()
+    torch.manual_seed(1)
+    data = [torch.randn(SHAPE) for _ in range(batches)]
+
+    def float_forward() -> None:
+        with torch.no_grad():
+            for batch in data:
+                model(batch)
+
+    runs = {"float": float_forward}
+    for method in ("auto", "percentile"):
+        qmodel = quantrewrite.quantize_model(model, "int8_default")
+        runs[method] = lambda q=qmodel, m=method: quantrewrite.calibrate(q, data, method=m, progress=False)
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return [(f"calibrate, int8_default, method={method}, {batches} batches", f"{best[method] / best['float']:.3f}x")
+            for method in ("auto", "percentile")]
+
+
 def cold_start(runs: int) -> list[tuple[str, str]]:
     """First calibrate (and first quantized forward) of a fresh process over a later one: medians of ``runs``
     processes per row, with the kernel cache as installed and empty (NUMBA_CACHE_DIR at an empty directory)."""
@@ -263,6 +292,8 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh processes per cold-start row (median)")
     parser.add_argument("--cold-only", action="store_true", help="only the cold-start rows")
     parser.add_argument("--skip-sensitivity", action="store_true", help="leave out the sensitivity row")
+    parser.add_argument("--auto-batches", type=int, default=64,
+                        help="the larger set of the auto-at-scale rows (0 leaves them out)")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -273,7 +304,10 @@ def main() -> None:
     if args.cold_only:
         rows = cold_start(args.cold_runs)
     else:
-        rows = end_to_end(args.rounds, not args.skip_peer) + cold_start(args.cold_runs) + cli_start_up()
+        rows = end_to_end(args.rounds, not args.skip_peer)
+        if args.auto_batches:
+            rows += auto_at_scale(max(1, args.rounds - 1), args.auto_batches)
+        rows += cold_start(args.cold_runs) + cli_start_up()
         if not args.skip_sensitivity:
             rows += sensitivity_rows(*_model_and_batches(), args.rounds, not args.skip_peer)
     width = max(len(name) for name, _ in rows)

@@ -20,7 +20,15 @@ error, the absolute view is right.
 
 Budget. An owner stops scoring once its scored outputs hold ``SCORE_ELEMENTS`` values, and the batches stop
 once the owners reached hold on average ``SCORE_COVERAGE`` of that budget (so a small head, which sees few
-values per batch, does not keep the whole model running). Small data sets are scored entirely.
+values per batch, does not keep the whole model running). Small data sets are scored entirely. A call that
+holds more values than the owner still needs is cut to its first rows, as many as needed, where its rows can
+be cut (``quantrewrite.calib.rows``: every tensor argument and output leads with the same size, and the owner's
+float output on the cut arguments is the whole output's rows; else the call is scored whole): the owner runs
+once more in float on the cut, then once per candidate on it. Once an owner has scored ``PRUNE_ELEMENTS``
+values, each of its quantizers keeps scoring only the candidates ranked in the first ``PRUNE_KEEP`` of either
+view; the others count as infinitely bad (not under torch.distributed, where ranks would prune apart). The
+end-to-end check runs the scored batches; where the scoring cut the calls of a single batch fed by
+``feed_batch`` (the default feed), it runs that share of the batch's rows, with their own float outputs.
 
 Quantizers owned by the model's root (running the root would run the whole model per candidate; unless the
 root is a single quantized layer), or never reached during scoring, are scored on their histogram instead
@@ -32,6 +40,7 @@ amax. Ranks run their own batches (each stops on its own budget).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,7 +52,9 @@ from quantrewrite.calib.candidates import SAME_RANGE, candidate_ranges, histogra
 from quantrewrite.calib.distributed import is_distributed
 from quantrewrite.calib.histogram import HistogramCalibrator
 from quantrewrite.calib.output_error import VIEWS, Reference, feature_dim, floating_leaves, squared_error
+from quantrewrite.calib.rows import batch_rows, rows_match, shared_rows, take_batch_rows, take_rows
 from quantrewrite.nn.modules.tensor_quantizer import TensorQuantizer
+from quantrewrite.output_metrics import feed_batch
 
 __all__ = ["SCORE_COVERAGE", "SCORE_ELEMENTS", "VIEWS", "histogram_only", "search_ranges"]
 
@@ -51,6 +62,8 @@ logger = logging.getLogger(__name__)
 
 SCORE_ELEMENTS = 2 ** 20  # an owner stops scoring once its scored outputs hold this many values
 SCORE_COVERAGE = 0.9  # batches stop once the owners hold on average this share of SCORE_ELEMENTS
+PRUNE_ELEMENTS = 2 ** 16  # after this many scored values an owner's quantizers keep only their leading candidates
+PRUNE_KEEP = 2  # ... the first PRUNE_KEEP of each view
 REFERENCE_BYTES = 2 ** 28  # float model outputs kept for the end-to-end check (beyond: the relative view)
 
 
@@ -58,15 +71,20 @@ class _Scorer:
     """Forward hooks that score the candidates of each owner module's quantizers on its float output."""
 
     def __init__(self, owners: dict[str, list[str]], quantizers: dict[str, TensorQuantizer],
-                 candidates: dict[str, dict[str, float]], budget: int):
+                 candidates: dict[str, dict[str, float]], budget: int, prune: bool):
         self.owners = owners
         self.quantizers = quantizers
         self.candidates = candidates
         self.budget = budget
-        # errors[view][name][candidate index]
+        self.prune_at = min(PRUNE_ELEMENTS, budget) if prune else None
+        # errors[view][name][candidate index]; the candidates still scored, per quantizer
         self.errors = {view: {name: [0.0] * len(candidates[name]) for name in candidates} for view in VIEWS}
+        self.alive = {name: list(range(len(options))) for name, options in candidates.items()}
+        self.pruned: set[str] = set()  # owners whose candidates were pruned
+        self.whole: set[str] = set()  # owners whose calls cannot be cut into rows
         self.scored = dict.fromkeys(owners, 0)  # output values scored per owner
         self.reached: set[str] = set()
+        self.share_used = 0.0  # the largest share of a call's rows a cut call scored (0: no call was cut)
         self.busy = False
 
     def hook(self, owner_name: str) -> Callable:
@@ -81,13 +99,51 @@ class _Scorer:
 
         return forward_hook
 
+    def _target(self, owner_name: str) -> int:
+        """Where the owner's next stage of scoring stops: the pruning point, then the budget."""
+        if self.prune_at is not None and owner_name not in self.pruned:
+            return self.prune_at
+        return self.budget
+
     def _score(self, module: nn.Module, owner_name: str, args: tuple, kwargs: dict, output: Any) -> None:
+        rows = None if owner_name in self.whole else shared_rows(args, kwargs, output)
+        if rows is None or not self._score_rows(module, owner_name, args, kwargs, output, rows):
+            self._score_part(module, owner_name, args, kwargs, output)
+
+    def _score_rows(self, module: nn.Module, owner_name: str, args: tuple, kwargs: dict, output: Any,
+                    rows: int) -> bool:
+        """Score the call on its first rows, as many as the budget needs, in stages split at the pruning point
+        (``quantrewrite.calib.rows``). False, with nothing scored, where the first cut is not the whole call's
+        output cut alike (the owner is then scored on whole calls)."""
+        per_row = sum(leaf.numel() for leaf in floating_leaves(output)) / rows
+        start = 0
+        while start < rows and self.scored[owner_name] < self.budget:
+            wanted = math.ceil((self._target(owner_name) - self.scored[owner_name]) / per_row)
+            stop = min(rows, start + max(1, wanted))
+            if start == 0 and stop == rows:
+                part_args, part_kwargs, reference = args, kwargs, output
+            else:
+                part_args, part_kwargs = take_rows(args, kwargs, start, stop)
+                reference = _cut_reference(module, part_args, part_kwargs, output, start, stop)
+                if reference is None:
+                    self.whole.add(owner_name)
+                    if start == 0:
+                        return False
+                    break
+            self._score_part(module, owner_name, part_args, part_kwargs, reference)
+            start = stop
+        if start < rows:
+            self.share_used = max(self.share_used, start / rows)
+        return True
+
+    def _score_part(self, module: nn.Module, owner_name: str, args: tuple, kwargs: dict, output: Any) -> None:
         reference = Reference(output, feature_dim(module, output))
         for name in self.owners[owner_name]:
             quantizer = self.quantizers[name]
             self.reached.add(name)
-            for index, amax in enumerate(self.candidates[name].values()):
-                quantizer.amax = torch.tensor(amax, dtype=torch.float32)
+            values = list(self.candidates[name].values())
+            for index in self.alive[name]:
+                quantizer.amax = torch.tensor(values[index], dtype=torch.float32)
                 quantizer.enable_quant()
                 try:
                     errors = reference.errors(module.forward(*args, **kwargs))
@@ -96,12 +152,38 @@ class _Scorer:
                 for view, error in zip(VIEWS, errors):
                     self.errors[view][name][index] += error
         self.scored[owner_name] += reference.numel
+        if self.prune_at is not None and owner_name not in self.pruned and self.scored[owner_name] >= self.prune_at:
+            self._prune(owner_name)
+
+    def _prune(self, owner_name: str) -> None:
+        """Keep, per quantizer of the owner, the candidates ranked in the first PRUNE_KEEP of either view."""
+        self.pruned.add(owner_name)
+        for name in self.owners[owner_name]:
+            kept: set[int] = set()
+            for view in VIEWS:
+                column = self.errors[view][name]
+                kept.update(sorted(self.alive[name], key=lambda i, c=column: (c[i], i))[:PRUNE_KEEP])
+            self.alive[name] = sorted(kept)
+
+    def final_errors(self, view: str) -> dict[str, list[float]]:
+        """The summed errors of one view; a pruned candidate counts as inf."""
+        return {name: [error if index in self.alive[name] else math.inf for index, error in enumerate(column)]
+                for name, column in self.errors[view].items()}
 
     def covered(self) -> bool:
         """Whether the owners reached so far hold on average SCORE_COVERAGE of their budget."""
         reached = [owner for owner, names in self.owners.items() if self.reached.intersection(names)]
         held = sum(min(self.scored[owner], self.budget) for owner in reached)
         return bool(reached) and held >= SCORE_COVERAGE * self.budget * len(reached)
+
+
+def _cut_reference(module: nn.Module, args: tuple, kwargs: dict, output: Any, start: int, stop: int) -> Any:
+    """The owner's float output on the cut arguments; None where it fails or is not ``output`` cut alike."""
+    try:
+        cut = module.forward(*args, **kwargs)
+    except (RuntimeError, ValueError, IndexError):  # the leading dim was not rows (an unbatched conv's channels)
+        return None
+    return cut if rows_match(cut, output, start, stop) else None
 
 
 def _owner_name(name: str) -> str:
@@ -204,6 +286,21 @@ def _set_ranges(quantizers: dict[str, TensorQuantizer], candidates: dict[str, di
             quantizer.disable_quant()
 
 
+def _arbitration_run(model: nn.Module, run: _Run, scorer: _Scorer, feed: Callable[[nn.Module, Any], Any]) -> _Run:
+    """What the end-to-end check runs: the scored batches; or, where the owners were scored on the first rows
+    of one batch that ``feed_batch`` feeds and whose tensors share their rows, that share of the batch's rows
+    (with its own float outputs: call this before any range is set)."""
+    rows = batch_rows(run.batches[0]) if feed is feed_batch and len(run.batches) == 1 else None
+    count = math.ceil(scorer.share_used * rows) if rows else 0
+    if not count or count >= rows:
+        return run
+    part = take_batch_rows(run.batches[0], count)
+    cut = _Run()
+    with torch.no_grad():
+        cut.keep(part, feed(model, part))
+    return cut
+
+
 def _end_to_end(model: nn.Module, run: _Run, feed: Callable[[nn.Module, Any], Any], apply: Callable[[], None]
                 ) -> float:
     """Squared error of the model's outputs after ``apply()`` against the scoring pass's float outputs."""
@@ -233,7 +330,7 @@ def search_ranges(model: nn.Module, quantizers: dict[str, TensorQuantizer], batc
     enabled = {name: quantizers[name].is_quant_enabled for name in candidates}
     for name in candidates:
         quantizers[name].disable_quant()
-    scorer = _Scorer(owners, quantizers, candidates, budget)
+    scorer = _Scorer(owners, quantizers, candidates, budget, prune=not is_distributed())
     run = _score_batches(model, scorer, batches, feed) if owners else _Run()
     names = list(candidates)  # the same order on every rank
     reached = [name for name in names if name in scorer.reached or len(candidates[name]) == 1]
@@ -242,7 +339,7 @@ def search_ranges(model: nn.Module, quantizers: dict[str, TensorQuantizer], batc
         reached = [name for name, flag in zip(names, _all_reduce(flags)) if flag == dist.get_world_size()]
     picks = {}
     for view in VIEWS:
-        errors = scorer.errors[view]
+        errors = scorer.final_errors(view)
         _reduce_errors(errors, [name for name in names if name in reached])
         for name in names:
             if name not in reached:
@@ -252,14 +349,17 @@ def search_ranges(model: nn.Module, quantizers: dict[str, TensorQuantizer], batc
         picks[view] = _winners(errors, candidates)
     chosen = VIEWS[0]
     if picks[VIEWS[0]] != picks[VIEWS[1]]:
-        totals = [_end_to_end(model, run, feed, lambda v=view: _set_ranges(quantizers, candidates, picks[v], enabled))
+        arbiter = _arbitration_run(model, run, scorer, feed)
+        totals = [_end_to_end(model, arbiter, feed, lambda v=view: _set_ranges(quantizers, candidates, picks[v],
+                                                                               enabled))
                   for view in VIEWS]
-        count = _all_reduce([len(run.outputs)])[0]
+        count = _all_reduce([len(arbiter.outputs)])[0]
         totals = _all_reduce(totals)
         chosen = VIEWS[min(range(len(VIEWS)), key=lambda i: (totals[i], i))] if count else VIEWS[0]
         logger.debug("auto: end-to-end squared error %s on %d batches", dict(zip(VIEWS, totals)), count)
     _set_ranges(quantizers, candidates, picks[chosen], enabled)
-    logger.debug("auto: %d owners scored on %d batches; %s view kept", len(owners), len(run.batches), chosen)
+    logger.debug("auto: %d owners scored on %d batches (largest share of a call's rows cut: %.2f); %s view kept",
+                 len(owners), len(run.batches), scorer.share_used, chosen)
     return picks[chosen]
 
 
