@@ -24,11 +24,9 @@ values per batch, does not keep the whole model running). Small data sets are sc
 holds more values than the owner still needs is cut to its first rows, as many as needed, where its rows can
 be cut (``quantrewrite.calib.rows``: every tensor argument and output leads with the same size, and the owner's
 float output on the cut arguments is the whole output's rows; else the call is scored whole): the owner runs
-once more in float on the cut, then once per candidate on it. Once an owner has scored ``PRUNE_ELEMENTS``
-values, each of its quantizers keeps scoring only the candidates ranked in the first ``PRUNE_KEEP`` of either
-view; the others count as infinitely bad (not under torch.distributed, where ranks would prune apart). The
-end-to-end check runs the scored batches; where the scoring cut the calls of a single batch fed by
-``feed_batch`` (the default feed), it runs that share of the batch's rows, with their own float outputs.
+once more in float on the cut, then once per candidate on it. The end-to-end check runs the scored batches;
+where the scoring cut the calls of a single batch fed by ``feed_batch`` (the default feed), it runs that share
+of the batch's rows, with their own float outputs.
 
 Quantizers owned by the model's root (running the root would run the whole model per candidate; unless the
 root is a single quantized layer), or never reached during scoring, are scored on their histogram instead
@@ -62,8 +60,6 @@ logger = logging.getLogger(__name__)
 
 SCORE_ELEMENTS = 2 ** 20  # an owner stops scoring once its scored outputs hold this many values
 SCORE_COVERAGE = 0.9  # batches stop once the owners hold on average this share of SCORE_ELEMENTS
-PRUNE_ELEMENTS = 2 ** 16  # after this many scored values an owner's quantizers keep only their leading candidates
-PRUNE_KEEP = 2  # ... the first PRUNE_KEEP of each view
 REFERENCE_BYTES = 2 ** 28  # float model outputs kept for the end-to-end check (beyond: the relative view)
 
 
@@ -71,16 +67,13 @@ class _Scorer:
     """Forward hooks that score the candidates of each owner module's quantizers on its float output."""
 
     def __init__(self, owners: dict[str, list[str]], quantizers: dict[str, TensorQuantizer],
-                 candidates: dict[str, dict[str, float]], budget: int, prune: bool):
+                 candidates: dict[str, dict[str, float]], budget: int):
         self.owners = owners
         self.quantizers = quantizers
         self.candidates = candidates
         self.budget = budget
-        self.prune_at = min(PRUNE_ELEMENTS, budget) if prune else None
-        # errors[view][name][candidate index]; the candidates still scored, per quantizer
+        # errors[view][name][candidate index]
         self.errors = {view: {name: [0.0] * len(candidates[name]) for name in candidates} for view in VIEWS}
-        self.alive = {name: list(range(len(options))) for name, options in candidates.items()}
-        self.pruned: set[str] = set()  # owners whose candidates were pruned
         self.whole: set[str] = set()  # owners whose calls cannot be cut into rows
         self.scored = dict.fromkeys(owners, 0)  # output values scored per owner
         self.reached: set[str] = set()
@@ -99,12 +92,6 @@ class _Scorer:
 
         return forward_hook
 
-    def _target(self, owner_name: str) -> int:
-        """Where the owner's next stage of scoring stops: the pruning point, then the budget."""
-        if self.prune_at is not None and owner_name not in self.pruned:
-            return self.prune_at
-        return self.budget
-
     def _score(self, module: nn.Module, owner_name: str, args: tuple, kwargs: dict, output: Any) -> None:
         rows = None if owner_name in self.whole else shared_rows(args, kwargs, output)
         if rows is None or not self._score_rows(module, owner_name, args, kwargs, output, rows):
@@ -112,28 +99,21 @@ class _Scorer:
 
     def _score_rows(self, module: nn.Module, owner_name: str, args: tuple, kwargs: dict, output: Any,
                     rows: int) -> bool:
-        """Score the call on its first rows, as many as the budget needs, in stages split at the pruning point
-        (``quantrewrite.calib.rows``). False, with nothing scored, where the first cut is not the whole call's
-        output cut alike (the owner is then scored on whole calls)."""
+        """Score the call on its first rows, as many as the budget still needs (``quantrewrite.calib.rows``).
+        False, with nothing scored, where the cut is not the whole call's output cut alike (the owner is then
+        scored on whole calls)."""
         per_row = sum(leaf.numel() for leaf in floating_leaves(output)) / rows
-        start = 0
-        while start < rows and self.scored[owner_name] < self.budget:
-            wanted = math.ceil((self._target(owner_name) - self.scored[owner_name]) / per_row)
-            stop = min(rows, start + max(1, wanted))
-            if start == 0 and stop == rows:
-                part_args, part_kwargs, reference = args, kwargs, output
-            else:
-                part_args, part_kwargs = take_rows(args, kwargs, start, stop)
-                reference = _cut_reference(module, part_args, part_kwargs, output, start, stop)
-                if reference is None:
-                    self.whole.add(owner_name)
-                    if start == 0:
-                        return False
-                    break
-            self._score_part(module, owner_name, part_args, part_kwargs, reference)
-            start = stop
-        if start < rows:
-            self.share_used = max(self.share_used, start / rows)
+        stop = min(rows, max(1, math.ceil((self.budget - self.scored[owner_name]) / per_row)))
+        if stop == rows:
+            self._score_part(module, owner_name, args, kwargs, output)
+            return True
+        part_args, part_kwargs = take_rows(args, kwargs, 0, stop)
+        reference = _cut_reference(module, part_args, part_kwargs, output, 0, stop)
+        if reference is None:
+            self.whole.add(owner_name)
+            return False
+        self._score_part(module, owner_name, part_args, part_kwargs, reference)
+        self.share_used = max(self.share_used, stop / rows)
         return True
 
     def _score_part(self, module: nn.Module, owner_name: str, args: tuple, kwargs: dict, output: Any) -> None:
@@ -141,9 +121,8 @@ class _Scorer:
         for name in self.owners[owner_name]:
             quantizer = self.quantizers[name]
             self.reached.add(name)
-            values = list(self.candidates[name].values())
-            for index in self.alive[name]:
-                quantizer.amax = torch.tensor(values[index], dtype=torch.float32)
+            for index, amax in enumerate(self.candidates[name].values()):
+                quantizer.amax = torch.tensor(amax, dtype=torch.float32)
                 quantizer.enable_quant()
                 try:
                     errors = reference.errors(module.forward(*args, **kwargs))
@@ -152,23 +131,6 @@ class _Scorer:
                 for view, error in zip(VIEWS, errors):
                     self.errors[view][name][index] += error
         self.scored[owner_name] += reference.numel
-        if self.prune_at is not None and owner_name not in self.pruned and self.scored[owner_name] >= self.prune_at:
-            self._prune(owner_name)
-
-    def _prune(self, owner_name: str) -> None:
-        """Keep, per quantizer of the owner, the candidates ranked in the first PRUNE_KEEP of either view."""
-        self.pruned.add(owner_name)
-        for name in self.owners[owner_name]:
-            kept: set[int] = set()
-            for view in VIEWS:
-                column = self.errors[view][name]
-                kept.update(sorted(self.alive[name], key=lambda i, c=column: (c[i], i))[:PRUNE_KEEP])
-            self.alive[name] = sorted(kept)
-
-    def final_errors(self, view: str) -> dict[str, list[float]]:
-        """The summed errors of one view; a pruned candidate counts as inf."""
-        return {name: [error if index in self.alive[name] else math.inf for index, error in enumerate(column)]
-                for name, column in self.errors[view].items()}
 
     def covered(self) -> bool:
         """Whether the owners reached so far hold on average SCORE_COVERAGE of their budget."""
@@ -330,7 +292,7 @@ def search_ranges(model: nn.Module, quantizers: dict[str, TensorQuantizer], batc
     enabled = {name: quantizers[name].is_quant_enabled for name in candidates}
     for name in candidates:
         quantizers[name].disable_quant()
-    scorer = _Scorer(owners, quantizers, candidates, budget, prune=not is_distributed())
+    scorer = _Scorer(owners, quantizers, candidates, budget)
     run = _score_batches(model, scorer, batches, feed) if owners else _Run()
     names = list(candidates)  # the same order on every rank
     reached = [name for name in names if name in scorer.reached or len(candidates[name]) == 1]
@@ -339,7 +301,7 @@ def search_ranges(model: nn.Module, quantizers: dict[str, TensorQuantizer], batc
         reached = [name for name, flag in zip(names, _all_reduce(flags)) if flag == dist.get_world_size()]
     picks = {}
     for view in VIEWS:
-        errors = scorer.final_errors(view)
+        errors = scorer.errors[view]
         _reduce_errors(errors, [name for name in names if name in reached])
         for name in names:
             if name not in reached:

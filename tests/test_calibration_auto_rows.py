@@ -1,4 +1,4 @@
-"""Method "auto" scoring on just enough rows: cut calls, pruning, budget accounting, the cut end-to-end check.
+"""Method "auto" scoring on just enough rows: cut calls, budget accounting, the cut end-to-end check.
 
 The errors are checked against references computed here with plain torch on the rows that must be scored (the
 layer's quantized weight and its input quantizer at each candidate amax, run by hand).
@@ -52,39 +52,21 @@ def _reference_errors(layer: nn.Linear, x: torch.Tensor, amaxes: list[float]) ->
     return errors
 
 
-def _scorer(quantizer, candidates, budget: int, prune: bool) -> range_search._Scorer:
+def _scorer(quantizer, candidates, budget: int) -> range_search._Scorer:
     quantizer.disable_quant()
-    return range_search._Scorer({"0": [NAME]}, {NAME: quantizer}, {NAME: candidates}, budget, prune=prune)
+    return range_search._Scorer({"0": [NAME]}, {NAME: quantizer}, {NAME: candidates}, budget)
 
 
 def test_a_cut_call_scores_exactly_the_first_rows_the_budget_needs():
     qmodel, data, quantizer, candidates = _calibrated_linear()
     assert len(candidates) > 2
-    scorer = _scorer(quantizer, candidates, budget=64 * 100 - 5, prune=False)  # 99.9 rows: 100 are scored
+    scorer = _scorer(quantizer, candidates, budget=64 * 100 - 5)  # 99.9 rows: 100 are scored
     range_search._score_batches(qmodel, scorer, data, feed_batch)
     assert scorer.scored["0"] == 64 * 100
     assert scorer.share_used == pytest.approx(100 / 4096)
     expected = _reference_errors(qmodel[0], data[0][:100], list(candidates.values()))
     for view in ("relative", "absolute"):
-        assert scorer.final_errors(view)[NAME] == pytest.approx(expected[view], rel=1e-4)
-
-
-def test_pruning_keeps_the_leading_candidates_of_each_view_then_scores_them_to_the_budget():
-    qmodel, data, quantizer, candidates = _calibrated_linear()
-    prune_rows = range_search.PRUNE_ELEMENTS // 64
-    scorer = _scorer(quantizer, candidates, budget=64 * 3000, prune=True)
-    range_search._score_batches(qmodel, scorer, data, feed_batch)
-    amaxes = list(candidates.values())
-    early = _reference_errors(qmodel[0], data[0][:prune_rows], amaxes)
-    kept = set()
-    for view in ("relative", "absolute"):
-        kept.update(sorted(range(len(amaxes)), key=lambda i, v=view: (early[v][i], i))[:range_search.PRUNE_KEEP])
-    assert set(scorer.alive[NAME]) == kept and len(kept) < len(amaxes)
-    full = _reference_errors(qmodel[0], data[0][:3000], amaxes)
-    for view in ("relative", "absolute"):
-        errors = scorer.final_errors(view)[NAME]
-        for index, error in enumerate(errors):
-            assert error == (pytest.approx(full[view][index], rel=1e-4) if index in kept else float("inf"))
+        assert scorer.errors[view][NAME] == pytest.approx(expected[view], rel=1e-4)
 
 
 class _UnbatchedVector(nn.Module):
@@ -126,7 +108,7 @@ def test_owners_whose_calls_cannot_be_cut_are_scored_whole(model, shape):
         owners.setdefault(name.rpartition(".")[0], []).append(name)
     for quantizer in quantizers.values():
         quantizer.disable_quant()
-    scorer = range_search._Scorer(owners, quantizers, candidates, budget=8, prune=False)
+    scorer = range_search._Scorer(owners, quantizers, candidates, budget=8)
     range_search._score_batches(qmodel, scorer, data, feed_batch)
     assert scorer.reached == set(quantizers)
     if model is _UnbatchedVector:  # a 1-d input: one whole call, whatever the tiny budget
