@@ -54,6 +54,7 @@ _CPU_CHUNK = 1 << 18
 # on each side, beyond the 2^-53 of the float64 edges. Where the two floors agree, that is the bin.
 _BELOW = 1.0 - 2.0**-20  # exact in float32
 _ABOVE = 1.0 + 2.0**-20
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _count_torch(x: torch.Tensor, edges: torch.Tensor, scale: float, skip_zeros: bool) -> torch.Tensor:
@@ -86,7 +87,7 @@ def _count_cpu(x: torch.Tensor, edges: torch.Tensor, scale: float, skip_zeros: b
     exactly by comparing |x| with the edges rounded up to float32. Every |x| must be <= edges[-1].
     """
     nbins = edges.numel() - 1
-    scale32 = float(np.float32(scale))
+    scale32 = float(np.float32(scale)) if scale <= _FLOAT32_MAX else math.inf  # no overflow warning
     if not 0.0 < scale32 < math.inf or nbins >= 1 << 18:  # outside the bound's assumptions (guesses <= nbins)
         return _count_torch(x, edges, scale, skip_zeros)
     flat = x.reshape(-1)
