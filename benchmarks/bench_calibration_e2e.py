@@ -37,6 +37,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -78,6 +79,17 @@ COLD_START = textwrap.dedent("""
     forwards = [timed(forward) for _ in range(3)]
     print(json.dumps({{"calibrate": calibrations, "forward": forwards, "loaded": loaded_after_calibrate}}))
 """)
+
+
+def best_of(runs: dict[str, Callable[[], object]], rounds: int) -> dict[str, float]:
+    """The best wall time of each run over ``rounds`` rounds, the runs alternating within a round."""
+    best = dict.fromkeys(runs, float("inf"))
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def _model_and_batches() -> tuple[torch.nn.Module, list[torch.Tensor]]:
@@ -164,14 +176,9 @@ def end_to_end(rounds: int, peer: bool) -> list[tuple[str, str]]:
     if peer:
         runs.update(_modelopt_runs(model, batches))
     timed = {name: run for name, run in runs.items() if callable(run)}
-    best = dict.fromkeys(timed, float("inf"))
     for run in timed.values():  # warm-up
         run()
-    for _ in range(rounds):
-        for name, run in timed.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
+    best = best_of(timed, rounds)
     base = best["float forward (baseline)"]
     rows = [(name, f"{best[name] / base:.3f}x") for name in timed]
     rows += [(name, str(note)) for name, note in runs.items() if not callable(note)]
@@ -209,12 +216,7 @@ def eager_counting(rounds: int = 15) -> list[tuple[str, str]]:
     runs = {"numba": lambda: _kernels.count_abs(x.reshape(-1).numpy(), edges.numpy(), scale, False),
             "eager": lambda: histogram._count_cpu(x, edges, scale, False),
             "float64": lambda: histogram._count_torch(x, edges, scale, False)}
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
+    best = best_of(runs, rounds)
     figure = (f"eager CPU path {best['eager'] / best['numba']:.1f}x the compiled kernel; the float64 path "
               f"(CUDA's, in 4M steps) {best['float64'] / best['numba']:.1f}x")
     return [("histogram counting before the kernels load, 16x64x64x64", figure)]
@@ -236,12 +238,7 @@ def auto_at_scale(rounds: int, batches: int) -> list[tuple[str, str]]:
     for method in ("auto", "percentile"):
         qmodel = quantrewrite.quantize_model(model, "int8_default")
         runs[method] = lambda q=qmodel, m=method: quantrewrite.calibrate(q, data, method=m, progress=False)
-    best = dict.fromkeys(runs, float("inf"))
-    for _ in range(rounds):
-        for name, run in runs.items():
-            start = time.perf_counter()
-            run()
-            best[name] = min(best[name], time.perf_counter() - start)
+    best = best_of(runs, rounds)
     return [(f"calibrate, int8_default, method={method}, {batches} batches", f"{best[method] / best['float']:.3f}x")
             for method in ("auto", "percentile")]
 
