@@ -1,41 +1,39 @@
-"""Loads the compiled CPU kernels (numba) in a background thread, so that no call waits for them.
+"""Loads the compiled CPU kernels (``csrc/kernels.c``, through ctypes) at the first moment one would run.
 
-Loading numba's CPU target and the cached kernels costs about half a second of CPU in every new process
-(and a few seconds of compilation on the first run after an install, when numba's cache is empty). Paid on
-the first fake quantization or histogram of a process, that is a stall in the middle of the user's first
-calibration. Instead the first ``fused_kernels_available()`` (asked by a CPU fake quantization, histogram
-count or amax sweep, the first moment a kernel would be used) calls ``start_loading()``, which starts one
-thread that imports the kernel modules and runs every kernel once on tiny buffers; until it is done
-``fused_kernels_available()`` is False and callers take the eager torch / numpy paths, which give
+The first ``fused_kernels_available()`` (asked by a CPU fake quantization, histogram count or amax sweep, the
+first moment a kernel would be used) calls ``start_loading()``. When this machine's build of the library is
+in the cache (``quantrewrite._kernel_build``), it is opened right there: a ``dlopen`` of a small library,
+about a millisecond, so even the first call of a process runs the kernels. Otherwise one background thread
+compiles it (about half a second, in a compiler process that holds no lock of this one) and opens it;
+until then ``fused_kernels_available()`` is False and callers take the eager torch / numpy paths, which give
 bit-identical results (the tests check both paths against the same references). A process that never asks
-(max calibration only, CUDA tensors) never loads numba.
+(max calibration only, CUDA tensors) never loads the library.
 
 ``wait_loaded()`` blocks until the kernels are ready (benchmarks and tests that want the fused path from the
-first call use it). ``QUANTREWRITE_EAGER=1`` disables the fused kernels (and the loading); a platform
-without numba gets the eager paths. numba keeps its compiled code next to the kernel modules, or in a
-per-user cache directory when the package directory is read-only (numba's own fallback).
+first call use it). ``QUANTREWRITE_EAGER=1`` disables the fused kernels (and the loading); a machine without
+a C compiler gets the eager paths (``load_error()`` says why).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
-from types import ModuleType
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["cache_locations", "compiled", "compiled_calib", "fused_kernels_available", "load_error", "start_loading",
-           "wait_loaded"]
+if TYPE_CHECKING:
+    from quantrewrite._kernel_binding import CompiledKernels
+
+__all__ = ["compiled", "fused_kernels_available", "library_path", "load_error", "start_loading", "wait_loaded"]
 
 logger = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _started = False
 _done = threading.Event()
-_kernels: ModuleType | None = None  # quantrewrite._kernels_numba, once warmed up
-_calib_kernels: ModuleType | None = None  # quantrewrite.calib._kernels_numba, once warmed up
+_kernels: CompiledKernels | None = None  # set last, once the library is open
 _error: BaseException | None = None
-
 
 _EAGER_VARIABLE = "QUANTREWRITE_EAGER"
 
@@ -66,54 +64,41 @@ def _eager_forced() -> bool:
 def fused_kernels_available() -> bool:
     """True when the compiled kernels are loaded and ``QUANTREWRITE_EAGER=1`` is not set (read per call).
 
-    Callers ask only when a kernel would run now (CPU tensors), so the first ask starts the background
-    loading (``start_loading``) and answers False: that call and the next ones until the kernels are ready
-    take the eager paths.
+    Callers ask only when a kernel would run now (CPU tensors), so the first ask starts the loading
+    (``start_loading``): True right away when this machine's build is cached, else False until the
+    background build is done (those calls take the eager paths).
     """
-    if _calib_kernels is not None:
-        return not _eager_forced()
-    start_loading()
-    return False
+    if _kernels is None:
+        start_loading()
+        if _kernels is None:
+            return False
+    return not _eager_forced()
 
 
-def _import_kernel_modules() -> tuple[ModuleType, ModuleType]:
-    """Import (compile or load from numba's cache) the two kernel modules.
+def _open(path: Path) -> None:
+    global _kernels
+    from quantrewrite._kernel_binding import CompiledKernels
 
-    numba refuses to define a cached kernel when no cache directory is writable (a read-only package directory
-    and no writable home, e.g. a container running as a user without one): the kernels then compile into a
-    temporary directory for this process rather than leave the process on the eager paths.
-    """
+    _kernels = CompiledKernels(path)
+
+
+def _build_and_open() -> None:
+    """Compile (when the cache lacks this machine's build) and open the library; record why not on failure."""
+    global _error
+    from quantrewrite._kernel_build import build_library, cached_library
+
     try:
-        from quantrewrite import _kernels_numba
-        from quantrewrite.calib import _kernels_numba as calib_kernels_numba
-    except RuntimeError as error:
-        if "no locator available" not in str(error):
-            raise
-        from numba.core import config
-
-        config.CACHE_DIR = tempfile.mkdtemp(prefix="quantrewrite-numba-")
-        logger.warning("numba has no writable cache directory here (%s); compiling the kernels into %s for this "
-                       "process: set NUMBA_CACHE_DIR to a writable directory, or run 'quantrewrite build-kernels' "
-                       "where the package is writable", error, config.CACHE_DIR)
-        from quantrewrite import _kernels_numba
-        from quantrewrite.calib import _kernels_numba as calib_kernels_numba
-    return _kernels_numba, calib_kernels_numba
-
-
-def _load() -> None:
-    global _kernels, _calib_kernels, _error
-    try:
-        from quantrewrite._kernel_warmup import warm_calib_kernels, warm_fake_quant_kernels
-
-        _kernels_numba, calib_kernels_numba = _import_kernel_modules()
-        warm_fake_quant_kernels(_kernels_numba)
-        warm_calib_kernels(calib_kernels_numba)
-    except Exception as error:  # noqa: BLE001 - numba missing or broken: the eager paths give the same results
+        path = cached_library()
+        if path is not None:
+            try:
+                _open(path)
+                return
+            except (OSError, RuntimeError, AttributeError) as error:  # a damaged or foreign file: build it again
+                logger.info("rebuilding the CPU kernels: %s", error)
+        _open(build_library())
+    except Exception as error:  # noqa: BLE001 - no compiler, or a failed build: the eager paths give the same bits
         _error = error
-        logger.info("compiled kernels unavailable, using the eager paths: %s", error)
-    else:
-        _kernels = _kernels_numba
-        _calib_kernels = calib_kernels_numba  # set last: fused_kernels_available() tests this one
+        logger.info("compiled CPU kernels unavailable, using the eager paths: %s", error)
     finally:
         _done.set()
 
@@ -129,23 +114,34 @@ def _claim() -> bool:
 
 
 def start_loading() -> None:
-    """Start loading the kernels in a background thread (once per process; a no-op afterwards).
+    """Open the cached library now, or start building it in a background thread (once per process; a no-op
+    afterwards, and while ``QUANTREWRITE_EAGER=1`` is set).
 
-    The thread is not a daemon: interpreter exit waits for it rather than stopping it inside LLVM.
+    The thread is not a daemon: interpreter exit waits for the compiler rather than leave a partial file.
     """
     if _started or _eager_forced() or not _claim():
         return
-    threading.Thread(target=_load, name="quantrewrite-kernel-loader").start()
+    from quantrewrite._kernel_build import cached_library
+
+    path = cached_library()
+    if path is not None:
+        try:
+            _open(path)
+            _done.set()
+            return
+        except (OSError, RuntimeError, AttributeError) as error:
+            logger.info("rebuilding the CPU kernels in the background: %s", error)
+    threading.Thread(target=_build_and_open, name="quantrewrite-kernel-build").start()
 
 
 def wait_loaded(timeout: float | None = None) -> bool:
     """Wait until the kernels are loaded (at most ``timeout`` seconds) and say whether they are available.
 
-    When no load has started, the kernels are loaded in the calling thread, even while
+    When no load has started, the kernels are built (if needed) and opened in the calling thread, even while
     ``QUANTREWRITE_EAGER=1`` is set (the switch is read per call; the tests flip it).
     """
     if _claim():
-        _load()
+        _build_and_open()
     else:
         _done.wait(timeout)
     return fused_kernels_available()
@@ -156,36 +152,19 @@ def load_error() -> BaseException | None:
     return _error
 
 
-def cache_locations() -> list[str]:
-    """The directories numba keeps the loaded kernels in (empty before they are loaded)."""
-    places = set()
-    for module in (_kernels, _calib_kernels):
-        for value in vars(module).values() if module is not None else ():
-            place = getattr(getattr(value, "_cache", None), "_cache_path", None)  # numba's dispatcher cache
-            if isinstance(place, str):
-                places.add(place)
-    return sorted(places)
+def library_path() -> Path | None:
+    """The loaded library's file (None before it is loaded)."""
+    return None if _kernels is None else _kernels.path
 
 
-def _require(module: ModuleType | None) -> ModuleType:
-    if module is None:
-        raise RuntimeError(f"the compiled kernels are not available here: {_error}")
-    return module
-
-
-def compiled() -> ModuleType:
-    """The compiled fake-quantization kernels, waiting for the loader if needed.
+def compiled() -> CompiledKernels:
+    """The compiled kernels, waiting for the loader (or loading them) if needed.
 
     Raises:
-        RuntimeError: the kernels cannot be loaded here (numba missing or failing); the message says why.
+        RuntimeError: the kernels cannot be built or loaded here; the message says why.
     """
     if _kernels is None:
         wait_loaded()
-    return _require(_kernels)
-
-
-def compiled_calib() -> ModuleType:
-    """The compiled calibration kernels, waiting for the loader if needed (see ``compiled``)."""
-    if _calib_kernels is None:
-        wait_loaded()
-    return _require(_calib_kernels)
+        if _kernels is None:
+            raise RuntimeError(f"the compiled kernels are not available here: {_error}")
+    return _kernels

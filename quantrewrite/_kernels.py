@@ -1,11 +1,13 @@
-"""Fused CPU kernels for fake quantization (numba), one memory pass each: the wrappers callers use.
+"""Fused CPU kernels for fake quantization (C, ``csrc/kernels.c``), one memory pass each: the wrappers
+callers use.
 
 Each kernel produces exactly the numbers of the float32 reference formula in ``tensor_quant`` (multiply by
 the same float32 scale, round half to even, clamp, divide by the scale; 0 where the scale is 0), so its
 output is bit-identical to the eager torch path. ``fused_kernels_available()`` says whether the compiled
-kernels are loaded (``quantrewrite._kernel_loader`` loads them in a background thread, so that no caller
-waits for numba) and ``QUANTREWRITE_EAGER=1`` is not set (read at every call); callers fall back to eager
-torch ops otherwise. The wrappers below wait for the loader when called directly before it is done.
+kernels are loaded (``quantrewrite._kernel_loader`` opens this machine's build, or builds it in a background
+thread, so that no caller waits for a compiler) and ``QUANTREWRITE_EAGER=1`` is not set (read at every
+call); callers fall back to eager torch ops otherwise. The wrappers below wait for the loader when called
+directly before it is done.
 
 Layout: a tensor is read as ``view = (outer, channels, inner)``; per-tensor quantization is channels == 1
 (cut into rows of ``ROW`` elements for the parallel loop), per-channel quantization has one scale per channel
@@ -19,17 +21,19 @@ the correctly rounded quotient for every integer |q| <= 65535 and scale in [2^-1
 exhaustively: every float32 mantissa of s times every odd q; even q and other binades of s follow by exact
 power-of-two scaling). Division throughput otherwise bounds the speed on in-cache tensors (weights).
 
-The kernels take the tensors' data addresses (plain ints) rather than numpy arrays: that saves about a
-microsecond and a half per call, which matters for weights (small, quantized every step). Each kernel
-returns an element of every array it writes: numba's parfor pass removes stores to arrays that are not used
-after the loop, and a ``carray`` over a raw address looks exactly like that.
+The kernels take the tensors' data addresses (plain ints); a quantization's layout and values are bound once
+into a C struct (``FusedQuant``), so a call passes four arguments (ctypes converts each one: about 0.15 us
+apiece). That matters for weights: small, and quantized every step.
 """
 
 from __future__ import annotations
 
+import ctypes
+
 import numpy as np
 import torch
 
+from quantrewrite._kernel_binding import CHECK, FAKE, NEGATIVE, OUTSIDE, PARALLEL, Plan
 from quantrewrite._kernel_loader import compiled, fused_kernels_available
 
 __all__ = [
@@ -53,7 +57,7 @@ QUOTIENT_SCALE_RANGE = (2.0**-100, 2.0**100)
 # Per-tensor tensors are cut into rows of this many elements for the parallel loop; smaller ones (and the
 # tail) run serially on the calling thread.
 ROW = 1 << 14
-# Up to this many elements a kernel runs on the calling thread: starting numba's parallel loop costs a few
+# Up to this many elements a kernel runs on the calling thread: starting a parallel region costs a few
 # microseconds (measured: serial and parallel break even near 2^15 float32 elements on 2 threads; far more on a
 # loaded machine, where a parallel region waits for a descheduled thread).
 SERIAL_MAX = 1 << 15
@@ -86,9 +90,9 @@ class FusedQuant:
     """One fused quantization bound to its layout and per-channel values: what ``quantize_into`` runs.
 
     Built once per (grid, input shape) by ``tensor_quant`` and reused by every call with them, so that a call
-    does no argument preparation: the kernel (parallel rows, or the calling thread below ``SERIAL_MAX``
-    elements, where starting the parallel loop costs more than it saves) and its arguments are chosen here.
-    The compiled kernels are looked up at the first call (they may still be loading when this is built).
+    passes four arguments: the kernel's ``Plan`` (layout, values, bounds, and whether to split the rows across
+    threads, which pays from ``SERIAL_MAX`` elements up) is filled in here. The compiled kernels are looked up
+    at the first call (they may still be building when this is made).
 
     Args:
         view: (outer, channels, inner).
@@ -99,47 +103,36 @@ class FusedQuant:
         check_negative: report whether some x < 0 (unsigned grids).
     """
 
-    __slots__ = ("_kernels", "_parallel", "_rows_args", "_tail_args", "_tail_offset", "numel", "view")
+    __slots__ = ("_arrays", "_plan", "_plan_address", "_quant", "numel", "view")
 
     def __init__(self, view: tuple[int, int, int], scale: np.ndarray, inv_scale: np.ndarray, amax: np.ndarray,
                  min_bound: float, max_bound: float, fake: bool, check_negative: bool) -> None:
         outer, channels, inner = view
         self.view = view
         self.numel = outer * channels * inner
-        lo, hi = np.float32(min_bound), np.float32(max_bound)
-        self._parallel = self.numel > SERIAL_MAX
-        self._rows_args: tuple | None = None  # (rows, width, channels, scale, inv_scale, amax, lo, hi, fake, check)
-        self._tail_args: tuple | None = None  # (n, s, r, a, lo, hi, fake, check) for quant_serial
-        self._tail_offset = 0  # bytes
+        parallel = self.numel > SERIAL_MAX
         if channels > 1:
-            self._rows_args = (outer * channels, inner, channels, scale, inv_scale, amax, lo, hi, fake,
-                               check_negative)
+            rows, width, tail = outer * channels, inner, 0
+        elif parallel:
+            rows, tail = divmod(self.numel, ROW)
+            width = ROW
         else:
-            rows, tail = divmod(self.numel, ROW) if self._parallel else (0, self.numel)
-            if rows:
-                self._rows_args = (rows, ROW, 1, scale, inv_scale, amax, lo, hi, fake, check_negative)
-            if tail:
-                self._tail_args = (tail, scale[0], inv_scale[0], amax[0], lo, hi, fake, check_negative)
-                self._tail_offset = 4 * rows * ROW
-        self._kernels: tuple | None = None
+            rows, width, tail = 1, self.numel, 0
+        self._arrays = tuple(np.ascontiguousarray(values, dtype=np.float32) for values in (scale, inv_scale, amax))
+        flags = (FAKE if fake else 0) | (CHECK if check_negative else 0) | (PARALLEL if parallel else 0)
+        self._plan = Plan(rows, width, channels, tail, *(values.ctypes.data for values in self._arrays),
+                          float(min_bound), float(max_bound), flags)  # the arrays are kept alive with it
+        self._plan_address = ctypes.addressof(self._plan)
+        self._quant = None
 
     def __call__(self, x_addr: int, out_addr: int, clip: bool) -> tuple[bool, bool]:
         """Quantize ``numel`` float32 values at x_addr into out_addr; returns (some x < 0 when
         check_negative, some x outside [-amax, amax] or NaN when ``clip``)."""
-        kernels = self._kernels
-        if kernels is None:
-            compiled_kernels = compiled()
-            rows_kernel = compiled_kernels.quant_rows if self._parallel else compiled_kernels.quant_rows_serial
-            kernels = self._kernels = (rows_kernel, compiled_kernels.quant_serial)
-        negative = outside = False
-        if self._rows_args is not None:
-            negative, outside, _ = kernels[0](x_addr, out_addr, *self._rows_args, clip)
-        if self._tail_args is not None:
-            offset = self._tail_offset
-            tail_negative, tail_outside, _ = kernels[1](x_addr + offset, out_addr + offset, *self._tail_args, clip)
-            negative |= tail_negative
-            outside |= tail_outside
-        return bool(negative), bool(outside)
+        quant = self._quant
+        if quant is None:
+            quant = self._quant = compiled().quant
+        found = quant(self._plan_address, x_addr, out_addr, clip)
+        return found & NEGATIVE != 0, found & OUTSIDE != 0
 
 
 def quantize_into(fused: FusedQuant, x: torch.Tensor, out: torch.Tensor, clip: bool,
@@ -221,16 +214,8 @@ def ste_grad_into(x: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, view: 
     if checked:
         _check(view, (amax,), x, grad, out)
     outer, channels, inner = view
-    if outer * channels * inner <= SERIAL_MAX:
-        compiled().ste_serial(x.data_ptr(), grad.data_ptr(), out.data_ptr(), outer * channels, inner, channels,
-                              amax)
-    elif channels == 1:
-        compiled().ste_flat(x.data_ptr(), grad.data_ptr(), out.data_ptr(), outer * inner, amax[0])
-    else:
-        compiled().ste_rows(x.data_ptr(), grad.data_ptr(), out.data_ptr(), outer * channels, inner, channels, amax)
-
-
-_WORDS_PER_BLOCK = 2048  # int64 words per parallel row of the comparison
+    compiled().ste(x.data_ptr(), grad.data_ptr(), out.data_ptr(), outer * channels, inner, channels,
+                   amax.ctypes.data, outer * channels * inner > SERIAL_MAX)
 
 
 def same_contents(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -248,10 +233,5 @@ def same_contents(a: torch.Tensor, b: torch.Tensor) -> bool:
     a_addr, b_addr = a.data_ptr(), b.data_ptr()
     if a_addr == b_addr:
         return True
-    kernels = compiled()
     nbytes = a.numel() * a.element_size()
-    blocks = nbytes // 8 // _WORDS_PER_BLOCK
-    if blocks and kernels.differing_words(a_addr, b_addr, blocks, _WORDS_PER_BLOCK):
-        return False
-    done = 8 * blocks * _WORDS_PER_BLOCK
-    return bool(kernels.same_tail(a_addr + done, b_addr + done, nbytes - done))
+    return bool(compiled().same_bytes(a_addr, b_addr, nbytes, nbytes > 4 * SERIAL_MAX))

@@ -12,7 +12,7 @@ fp16/bf16 inputs are computed in float32 and returned in their own dtype. The ba
 straight-through estimator: the gradient passes where |x| <= amax (inclusive, compared in float32) and is 0
 elsewhere; amax gets no gradient.
 
-On CPU float32 a fused numba kernel does the whole formula in one memory pass with the same float32
+On CPU float32 a fused compiled kernel does the whole formula in one memory pass with the same float32
 operations, so its results are bit-identical to the eager torch path used elsewhere (CUDA, or
 ``QUANTREWRITE_EAGER=1``). Everything derived from amax (validation, the scale) is gathered in a
 ``QuantGrid`` that a caller with a fixed amax (TensorQuantizer) prepares once and reuses.

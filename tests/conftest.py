@@ -15,7 +15,7 @@ def _compiled_kernels_loaded() -> None:
 
 @pytest.fixture(params=["fused", "eager"])
 def path(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Run a test on the fused numba kernels and on the eager torch path (the kernels check per call)."""
+    """Run a test on the fused compiled kernels and on the eager torch path (the kernels check per call)."""
     if request.param == "eager":
         monkeypatch.setenv("QUANTREWRITE_EAGER", "1")
     else:

@@ -10,7 +10,7 @@ import pytest
 import quantrewrite
 from quantrewrite.cli import build_parser
 
-HEAVY = ("torch", "numba", "numpy", "onnx")
+HEAVY = ("torch", "numpy", "onnx")
 
 
 def _loaded_after(code: str) -> list[str]:

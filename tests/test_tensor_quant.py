@@ -1,7 +1,7 @@
 """tensor_quant / fake_tensor_quant / fake_e4m3_quant against NUMERICS.md and a small independent reference.
 
 The reference below is numpy float32 arithmetic (the scale from a float64 division rounded once to float32,
-which is the correctly rounded float32 quotient). The fused numba kernels and the eager torch path must both
+which is the correctly rounded float32 quotient). The fused compiled kernels and the eager torch path must both
 equal it bit for bit, and each other.
 """
 
@@ -92,8 +92,9 @@ def both(monkeypatch: pytest.MonkeyPatch) -> Callable[[Callable[[], Any]], tuple
 
 
 def test_fused_kernels_available_here() -> None:
-    # numba is a dependency: without it every "fused" test would silently test the eager path twice.
-    assert _kernel_loader.wait_loaded()
+    # The test machines have a C compiler: without one every "fused" test would silently test the eager path
+    # twice.
+    assert _kernel_loader.wait_loaded(), _kernel_loader.load_error()
     assert _kernels.fused_kernels_available()
 
 
@@ -238,7 +239,7 @@ def test_reference_is_not_trivial() -> None:
 
 @pytest.mark.parametrize("layout", ["per-tensor", "axis1-act"])
 def test_large_tensor_fused_equals_eager(layout: str, both: Callable) -> None:
-    # Big enough for numba's parallel loop to split the work across threads.
+    # Big enough for the kernel's parallel loop to split the work across threads.
     _, axis, _ = LAYOUTS[layout]
     x, amax = make_inputs((8, 16, 33, 31), axis, 8, False, seed=1)  # per-tensor: 7 parallel rows + a tail
     fused, eager, calls = both(lambda: fake_tensor_quant(x, amax, 8, False, False))
@@ -391,27 +392,40 @@ def test_unsigned_negative_detected_in_kernel_pass() -> None:
     assert _kernels.fake_quant_into(rows, torch.empty_like(rows), (1, 2, 2), scale2, inv2, 0, 255)
 
 
-def test_fast_quotient_is_exact_for_8bit_exhaustively() -> None:
+def _quotient_mismatches(mantissa_step: int) -> int:
+    """Through the fused kernel: for the scales s = 1 + m * 2^-23 (every ``mantissa_step``-th float32 mantissa,
+    one channel each) and every odd |q| <= 255, how many fake-quantized q / s differ from IEEE division."""
+    q = torch.arange(1, 256, 2, dtype=torch.float32)
+    q = torch.cat([q, -q])
+    mismatches = 0
+    chunk = 1 << 15
+    for first in range(0, 1 << 23, chunk * mantissa_step):
+        m = torch.arange(first, min(first + chunk * mantissa_step, 1 << 23), mantissa_step, dtype=torch.float64)
+        s = (1.0 + m * 2.0**-23).float()  # exact: 24-bit significands
+        r = torch.tensor(1.0) / s
+        x = (q[None, :] * r[:, None]).contiguous()  # rint(x * s) == q: |x * s - q| <= 255 * 2^-23
+        out = torch.empty_like(x)
+        scale = s.numpy()
+        _kernels.fake_quant_into(x, out, (1, s.numel(), q.numel()), scale,
+                                 _kernels.reciprocal_scale(scale, -255.0, 255.0), -255.0, 255.0)
+        mismatches += int((out != q[None, :] / s[:, None]).sum())
+    return mismatches
+
+
+def test_fast_quotient_is_exact_for_8bit_on_sampled_mantissas() -> None:
     # The kernels divide q / s as y = q * RN(1/s) plus one exact FMA correction. Check it against IEEE
-    # division for every float32 mantissa of s and every odd |q| <= 255 (even q and other binades of s
-    # follow by exact power-of-two scaling). The same check up to 65535 passed offline (~90 s).
-    from numba import njit, prange
+    # division for every 64th float32 mantissa of s and every odd |q| <= 255 (even q and other binades of s
+    # follow by exact power-of-two scaling); the slow test below covers every mantissa.
+    assert _kernel_loader.wait_loaded(), _kernel_loader.load_error()
+    assert _quotient_mismatches(64) == 0
 
-    from quantrewrite._kernels_numba import quotient
 
-    @njit(parallel=True)
-    def mismatches(q_max: int) -> int:  # pragma: no cover - compiled
-        bad = 0
-        for m in prange(1 << 23):
-            s = np.float32(1.0 + m * 2.0**-23)
-            r = np.float32(1.0) / s
-            for k in range(1, q_max + 1, 2):
-                q = np.float32(k)
-                if quotient(q, s, r) != q / s or quotient(-q, s, r) != -q / s:
-                    bad += 1
-        return bad
-
-    assert mismatches(255) == 0
+@pytest.mark.slow
+def test_fast_quotient_is_exact_for_8bit_exhaustively() -> None:
+    # Every mantissa (2^31 quotients). The same check up to |q| = 65535 is the arithmetic's claim (a numba
+    # build of the same two FMAs passed it offline, ~90 s).
+    assert _kernel_loader.wait_loaded(), _kernel_loader.load_error()
+    assert _quotient_mismatches(1) == 0
 
 
 def test_eager_fallback_where_the_fast_quotient_does_not_apply(both: Callable) -> None:

@@ -1,9 +1,9 @@
-"""Numba kernels for the histogram calibrator: counting, MSE sweep, KL-divergence sweep.
+"""The histogram calibrator's compiled kernels (C, ``csrc/kernels.c``): counting, MSE and KL-divergence sweeps.
 
-The two sweeps have plain numpy twins (``*_numpy``) that pick the same amax where numba is missing or
-``QUANTREWRITE_EAGER=1`` is set (see ``quantrewrite._kernels.fused_kernels_available``); counting falls back
-to ``histogram._count_cpu`` (float32 guesses, exact recounts near edges; ``histogram._count_torch`` is the
-CUDA path). The tests check all of them against slow literal references.
+The two sweeps have plain numpy twins (``*_numpy``) that pick the same amax where the compiled kernels are
+missing or ``QUANTREWRITE_EAGER=1`` is set (see ``quantrewrite._kernels.fused_kernels_available``);
+counting falls back to ``histogram._count_cpu`` (float32 guesses, exact recounts near edges;
+``histogram._count_torch`` is the CUDA path). The tests check all of them against slow literal references.
 
 Bins follow numpy's convention: bin ``b`` holds ``edges[b] <= a < edges[b + 1]``, the last bin also holds
 its right edge. Edges are ``edges[k] = base_max * k / base_bins`` in float64, so a first guess
@@ -16,12 +16,12 @@ import math
 
 import numpy as np
 
-from quantrewrite._kernel_loader import compiled_calib, fused_kernels_available
+from quantrewrite._kernel_loader import compiled, fused_kernels_available
 
-__all__ = ["count_abs", "entropy_divergences", "mse_errors", "use_numba"]
+__all__ = ["count_abs", "entropy_divergences", "mse_errors", "use_compiled"]
 
 
-def use_numba() -> bool:
+def use_compiled() -> bool:
     """True when the compiled kernels should be used (loaded, and QUANTREWRITE_EAGER unset)."""
     return fused_kernels_available()
 
@@ -35,11 +35,21 @@ def count_abs(x: np.ndarray, edges: np.ndarray, scale: float, skip_zeros: bool) 
         scale: base_bins / base_max, the first guess's factor.
         skip_zeros: drop exact zeros.
     """
-    kernels = compiled_calib()
-    chunks = max(1, min(kernels.get_num_threads(), x.size // (1 << 16)))
+    x = _checked(x, np.float32)
+    edges = _checked(edges, np.float64)
+    kernels = compiled()
+    chunks = max(1, min(kernels.max_threads(), x.size // (1 << 16)))
     out = np.zeros((chunks, edges.size - 1), dtype=np.int64)
-    kernels.count_abs(x, edges, np.float64(scale), skip_zeros, out)
+    kernels.count_abs(x.ctypes.data, x.size, edges.ctypes.data, edges.size - 1, float(scale), bool(skip_zeros),
+                      out.ctypes.data, chunks)
     return out.sum(axis=0)
+
+
+def _checked(values: np.ndarray, dtype: type) -> np.ndarray:
+    """values as a contiguous 1-d array of dtype (the kernels read raw addresses), refusing a silent cast."""
+    if values.dtype != dtype or values.ndim != 1:
+        raise ValueError(f"expected a 1-d {np.dtype(dtype)} array, got {values.dtype} of shape {values.shape}")
+    return np.ascontiguousarray(values)
 
 
 def _candidates(first: int, last: int, stride: int) -> np.ndarray:
@@ -58,8 +68,9 @@ def mse_errors(counts: np.ndarray, centers: np.ndarray, first: int, last: int, s
     candidates = np.ascontiguousarray(np.asarray(centers, dtype=np.float32)[_candidates(first, last, stride)])
     out = np.empty(candidates.size, dtype=np.float64)
     lo, hi = np.float32(min_bound), np.float32(max_bound)
-    if use_numba():
-        compiled_calib().mse_errors(weights, values, candidates, out, lo, hi)
+    if use_compiled():
+        compiled().mse_errors(weights.ctypes.data, values.ctypes.data, values.size, candidates.ctypes.data,
+                              candidates.size, out.ctypes.data, float(lo), float(hi))
         return out
     return _mse_errors_numpy(weights, values, candidates, out, lo, hi)
 
@@ -86,10 +97,11 @@ def entropy_divergences(bins: np.ndarray, first: int, last: int, stride: int, nq
     csum = np.concatenate(([0], np.cumsum(bins)))
     cnz = np.concatenate(([0], np.cumsum(bins > 0)))
     out = np.empty(_candidates(first, last, stride).size, dtype=np.float64)
-    if use_numba():
+    if use_compiled():
         with np.errstate(divide="ignore"):
             log_bins = np.log(bins.astype(np.float64))
-        compiled_calib().entropy_divergences(bins, log_bins, csum, cnz, first, stride, nq, out)
+        compiled().entropy_divergences(bins.ctypes.data, log_bins.ctypes.data, csum.ctypes.data, cnz.ctypes.data,
+                                       bins.size, first, stride, nq, out.ctypes.data, out.size)
         return out
     return _entropy_divergences_numpy(bins, csum, first, stride, nq, out)
 

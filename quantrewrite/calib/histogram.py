@@ -80,7 +80,7 @@ def _float32_edges_up(edges: torch.Tensor) -> torch.Tensor:
 
 def _count_cpu(x: torch.Tensor, edges: torch.Tensor, scale: float, skip_zeros: bool) -> torch.Tensor:
     """``_count_torch``'s counts for a float32 CPU tensor in a few float32 / int32 passes (the eager path
-    while the compiled kernel loads, or without numba).
+    while the compiled kernel loads, or without a C compiler).
 
     Each element's bin is floor of its float32 position, taken at both ends of a window around it (see
     ``_BELOW``); the few elements whose window holds an integer (near an edge, or on one) are counted again
@@ -245,7 +245,7 @@ class HistogramCalibrator(_Calibrator):
         self._counts = self._counts.to(x.device)
         nbins = self._counts.numel()
         scale = self._num_bins / self._base_max
-        if x.device.type == "cpu" and _kernels.use_numba():
+        if x.device.type == "cpu" and _kernels.use_compiled():
             edges = self._edges(nbins, x.device).numpy()
             counts = _kernels.count_abs(x.contiguous().numpy().reshape(-1), edges, scale, self._skip_zeros)
             self._counts += torch.from_numpy(counts)

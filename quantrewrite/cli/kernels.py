@@ -1,8 +1,8 @@
-"""``quantrewrite build-kernels``: compile the fused CPU kernels into numba's cache now.
+"""``quantrewrite build-kernels``: compile the fused CPU kernels for this machine now.
 
 Run it once where the package is installed (a Dockerfile's ``RUN`` line, a CI image, after ``pip install``):
-the first process afterwards loads the cached kernels (about half a second in a background thread) instead of
-compiling them (a few seconds of background CPU, with the eager paths running meanwhile). Registering it
+every process afterwards opens the built library at its first kernel call (about a millisecond) instead of
+compiling it in the background (about half a second, with the eager paths running meanwhile). Registering it
 imports no torch (``--help`` stays fast).
 """
 
@@ -18,12 +18,13 @@ __all__ = ["add_parser", "run_build_kernels"]
 
 def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
     """Register the ``build-kernels`` subcommand."""
-    p = sub.add_parser("build-kernels", parents=[common], help="compile the CPU kernels into numba's cache "
+    p = sub.add_parser("build-kernels", parents=[common], help="compile the CPU kernels for this machine "
                        "(once, after installing)",
-                       description="Load the fused CPU kernels (numba) in the foreground, compiling those missing "
-                       "from numba's cache: next to the package, or the per-user cache (~/.cache/numba) when the "
-                       "package directory is read-only, or NUMBA_CACHE_DIR when set (then set it at run time "
-                       "too). Exit status 1 when they cannot be loaded here (the eager paths are used then).")
+                       description="Compile the fused CPU kernels with the C compiler ($CC, else cc) into the "
+                       "kernel cache ($QUANTREWRITE_KERNEL_CACHE, else $XDG_CACHE_HOME/quantrewrite or "
+                       "~/.cache/quantrewrite; set the variable at run time too when you set it here), unless "
+                       "this machine's build is there already, and load them. Exit status 1 when they cannot be "
+                       "built or loaded here (the eager paths are used then).")
     p.set_defaults(run=run_build_kernels)
 
 
@@ -34,7 +35,6 @@ def run_build_kernels(args: argparse.Namespace) -> int:
     _kernel_loader.wait_loaded()  # loads even with QUANTREWRITE_EAGER=1 set
     error = _kernel_loader.load_error()
     if error is not None:
-        raise CLIError(f"the compiled kernels cannot be loaded here: {error}")
-    places = ", ".join(_kernel_loader.cache_locations()) or "unknown"
-    print(f"compiled CPU kernels ready in {time.perf_counter() - start:.1f} s; numba cache: {places}")
+        raise CLIError(f"the compiled kernels cannot be built or loaded here: {error}")
+    print(f"compiled CPU kernels ready in {time.perf_counter() - start:.1f} s: {_kernel_loader.library_path()}")
     return 0

@@ -11,19 +11,19 @@ from quantrewrite.calib import _kernels, histogram
 from quantrewrite.tensor_quant import fake_tensor_quant
 
 
-@pytest.fixture(params=["numba", "torch"])
+@pytest.fixture(params=["compiled", "torch"])
 def counting_path(request, monkeypatch):
     """Run a test through the compiled CPU kernel and through the torch (CUDA / fallback) path."""
     if request.param == "torch":
-        monkeypatch.setattr(_kernels, "use_numba", lambda: False)
+        monkeypatch.setattr(_kernels, "use_compiled", lambda: False)
     return request.param
 
 
-@pytest.fixture(params=["numba", "numpy"])
+@pytest.fixture(params=["compiled", "numpy"])
 def sweep_path(request, monkeypatch):
     """Run an amax sweep through the compiled kernel and through its numpy twin."""
     if request.param == "numpy":
-        monkeypatch.setattr(_kernels, "use_numba", lambda: False)
+        monkeypatch.setattr(_kernels, "use_compiled", lambda: False)
     return request.param
 
 
@@ -73,7 +73,7 @@ def test_growth_keeps_width_and_old_edges(counting_path):
 
 
 def test_chunked_torch_path_counts_exactly(monkeypatch):
-    monkeypatch.setattr(_kernels, "use_numba", lambda: False)
+    monkeypatch.setattr(_kernels, "use_compiled", lambda: False)
     monkeypatch.setattr(histogram, "_CPU_CHUNK", 333)
     x = torch.randn(10_000, generator=torch.Generator().manual_seed(2)).relu()
     calibrator = calib.HistogramCalibrator(num_bins=50)
@@ -112,7 +112,7 @@ def test_cpu_eager_counts_equal_the_kernel_and_numpy_near_edges(base_max, num_bi
     eager = histogram._count_cpu(x, edges, scale, skip_zeros)
     np.testing.assert_array_equal(eager.numpy(), expected)
     np.testing.assert_array_equal(histogram._count_torch(x, edges, scale, skip_zeros).numpy(), expected)
-    if _kernels.use_numba():
+    if _kernels.use_compiled():
         np.testing.assert_array_equal(_kernels.count_abs(x.numpy(), edges.numpy(), scale, skip_zeros), expected)
 
 
@@ -126,7 +126,7 @@ def test_cpu_eager_counting_outside_its_float32_bounds_counts_exactly(counting_p
 
 def test_counts_beyond_float32_saturation(monkeypatch):
     """2^24 + 7 zeros in one bin: a float32 counter would stop at 2^24. Stride-0 input keeps memory small."""
-    monkeypatch.setattr(_kernels, "use_numba", lambda: False)
+    monkeypatch.setattr(_kernels, "use_compiled", lambda: False)
     monkeypatch.setattr(histogram, "_CPU_CHUNK", 1 << 22)
     calibrator = calib.HistogramCalibrator(num_bins=8)
     calibrator.collect(torch.tensor([1.0]))
