@@ -52,7 +52,7 @@ class CompiledKernels:
         self.quant = _bind(library.qr_quant, _I32, [_P, _P, _P, _I32])  # (plan, x, out, clip) -> found bits
         self.ste = _bind(library.qr_ste, None, [_P, _P, _P, _I64, _I64, _I64, _P, _I32])
         self.same_bytes = _bind(library.qr_same_bytes, _I32, [_P, _P, _I64, _I32])
-        self.count_abs = _bind(library.qr_count_abs, None, [_P, _I64, _P, _I64, _F64, _I32, _P, _I64])
+        self.count_abs = _bind(library.qr_count_abs, _I32, [_P, _I64, _P, _I64, _F64, _I32, _P, _I64])
         self.mse_errors = _bind(library.qr_mse_errors, None, [_P, _P, _I64, _P, _I64, _P, _F32, _F32])
         self.entropy_divergences = _bind(library.qr_entropy_divergences, None,
                                          [_P, _P, _P, _P, _I64, _I64, _I64, _I64, _P, _I64])

@@ -40,8 +40,9 @@ def count_abs(x: np.ndarray, edges: np.ndarray, scale: float, skip_zeros: bool) 
     kernels = compiled()
     chunks = max(1, min(kernels.max_threads(), x.size // (1 << 16)))
     out = np.zeros((chunks, edges.size - 1), dtype=np.int64)
-    kernels.count_abs(x.ctypes.data, x.size, edges.ctypes.data, edges.size - 1, float(scale), bool(skip_zeros),
-                      out.ctypes.data, chunks)
+    if kernels.count_abs(x.ctypes.data, x.size, edges.ctypes.data, edges.size - 1, float(scale), bool(skip_zeros),
+                         out.ctypes.data, chunks):
+        raise MemoryError(f"histogram counting: no memory for {chunks} x 4 copies of {edges.size - 1} bin counts")
     return out.sum(axis=0)
 
 

@@ -432,3 +432,29 @@ def test_entropy_never_picks_a_range_below_all_the_data():
     calibrator = calib.HistogramCalibrator()
     calibrator.collect(data)
     assert calibrator.compute_amax("entropy").item() > 0.5
+
+
+@pytest.mark.parametrize("skip_zeros", [False, True])
+def test_kernel_counts_exactly_across_parallel_chunks_and_blocks(skip_zeros):
+    """Enough elements for several parallel chunks and many blocks with partial tails (2^18 + 37), values on
+    and next to every edge scattered among relu'd noise (long runs of one bin), against numpy."""
+    assert _kernels.use_compiled()
+    nbins, base_max = 512, 2.5
+    edges = torch.arange(nbins + 1, dtype=torch.float64) * base_max / nbins
+    gen = torch.Generator().manual_seed(5)
+    near = _near_edges(edges, 2)
+    noise = (torch.randn((1 << 18) + 37 - near.numel(), generator=gen) * 0.8).relu_().clamp_(max=base_max)
+    x = torch.cat([noise, near])
+    x = x[torch.randperm(x.numel(), generator=gen)]
+    expected = _np_hist([x], edges, skip_zeros)
+    counts = _kernels.count_abs(x.numpy(), edges.numpy(), nbins / base_max, skip_zeros)
+    np.testing.assert_array_equal(counts, expected)
+    assert counts[0] > 1000 * (not skip_zeros) and counts.sum() == x.numel() - skip_zeros * int((x == 0).sum())
+
+
+def test_kernel_refuses_arrays_it_would_misread():
+    edges = np.linspace(0.0, 1.0, 5)
+    with pytest.raises(ValueError, match="expected a 1-d float32 array, got float64"):
+        _kernels.count_abs(np.zeros(8), edges, 4.0, False)
+    with pytest.raises(ValueError, match="expected a 1-d float64 array, got float32"):
+        _kernels.count_abs(np.zeros(8, np.float32), edges.astype(np.float32), 4.0, False)
