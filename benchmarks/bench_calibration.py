@@ -76,7 +76,7 @@ def main() -> None:
             calibrator.collect(x)
         return calibrator
 
-    calibrator = collect_all()  # warm-up: compiles or loads the numba kernels
+    calibrator = collect_all()  # warm-up: opens (or builds) the compiled kernels
     for method in TARGETS_MS:
         calibrator.compute_amax(method)
     collect_ms = best_ms(collect_all, args.repeats) / len(batches)

@@ -8,16 +8,16 @@ NVIDIA ModelOpt; without ``nvidia-modelopt`` installed its rows say so).
   ``mse``, which are one statistics pass without auto's scoring), over the float forward of
   the same batches under ``no_grad``; ModelOpt's ``mtq.calibrate`` (INT8_DEFAULT_CFG, max) and ModelOpt's
   histogram calibrators with entropy (see ``_modelopt_histogram_run``) on the same model and data. Rounds
-  alternate; the best of ``--rounds`` is kept. ``--threads N`` sets torch's (and numba's) thread count: on a
+  alternate; the best of ``--rounds`` is kept. ``--threads N`` sets torch's (and the kernels') thread count: on a
   loaded machine, 1 avoids the parallel regions' waits for a descheduled thread.
 * ``calibrate`` with int8_default, ``auto`` and ``percentile``, on ``--auto-batches`` (64) batches over the
   float forward of the same batches (``--rounds`` minus one rounds): auto's scoring costs about the same as
   at 8 batches (its budget), so its ratio nears percentile's as the calibration set grows.
 * cold start: in fresh processes, the first ``calibrate`` (int8_max with max, int8_default with percentile)
   against the best later one in the same process, and the first quantized forward over the batches after
-  them against a later one (where the kernel loading moved: numba's kernels load in a background thread
-  when first useful; the eager paths run until they are ready); medians of ``--cold-runs`` processes, with
-  numba's cache as installed and empty (the first run after an install); and the eager CPU histogram
+  them against a later one (the compiled kernels open when first useful, or are built in the background
+  while the eager paths run); medians of ``--cold-runs`` processes, with the kernel cache as installed and
+  empty (the first run after an install, before ``quantrewrite build-kernels``); and the eager CPU histogram
   counting (what a batch counted before the kernels are ready costs) over the compiled kernel.
   ``--cold-only`` runs just these.
 * ``quantrewrite --help`` in a fresh process against ``python -c "import argparse"``.
@@ -191,8 +191,8 @@ COLD_CONFIGS = (("int8_max", "max"), ("int8_default", "percentile"))
 def _cold_process(config: str, method: str, empty_cache: bool) -> dict[str, object]:
     """One fresh process: quantize_model, 3 calibrates, 3 quantized forwards over the batches (seconds each)."""
     code = COLD_START.format(shape=SHAPE, batches=BATCHES, config=config, method=method)
-    with tempfile.TemporaryDirectory(prefix="numba-cache-") as cache:
-        env = dict(os.environ, NUMBA_CACHE_DIR=cache) if empty_cache else None  # numba's first run after install
+    with tempfile.TemporaryDirectory(prefix="kernel-cache-") as cache:
+        env = dict(os.environ, QUANTREWRITE_KERNEL_CACHE=cache) if empty_cache else None  # the first run after install
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -214,12 +214,12 @@ def eager_counting(rounds: int = 15) -> list[tuple[str, str]]:
     top = x.abs().max().item()
     edges = torch.arange(2049, dtype=torch.float64) * top / 2048
     scale = 2048 / top
-    runs = {"numba": lambda: _kernels.count_abs(x.reshape(-1).numpy(), edges.numpy(), scale, False),
+    runs = {"compiled": lambda: _kernels.count_abs(x.reshape(-1).numpy(), edges.numpy(), scale, False),
             "eager": lambda: histogram._count_cpu(x, edges, scale, False),
             "float64": lambda: histogram._count_torch(x, edges, scale, False)}
     best = best_of(runs, rounds)
-    figure = (f"eager CPU path {best['eager'] / best['numba']:.1f}x the compiled kernel; the float64 path "
-              f"(CUDA's, in 4M steps) {best['float64'] / best['numba']:.1f}x")
+    figure = (f"eager CPU path {best['eager'] / best['compiled']:.1f}x the compiled kernel; the float64 path "
+              f"(CUDA's, in 4M steps) {best['float64'] / best['compiled']:.1f}x")
     return [("histogram counting before the kernels load, 16x64x64x64", figure)]
 
 
@@ -246,12 +246,13 @@ def auto_at_scale(rounds: int, batches: int) -> list[tuple[str, str]]:
 
 def cold_start(runs: int) -> list[tuple[str, str]]:
     """First calibrate (and first quantized forward) of a fresh process over a later one: medians of ``runs``
-    processes per row, with the kernel cache as installed and empty (NUMBA_CACHE_DIR at an empty directory)."""
+    processes per row, with the kernel cache as installed and empty (QUANTREWRITE_KERNEL_CACHE at an empty
+    directory)."""
     rows = eager_counting()
     for empty_cache in (False, True):
         for config, method in COLD_CONFIGS:
             results = [_cold_process(config, method, empty_cache) for _ in range(runs)]
-            cache = ", empty numba cache" if empty_cache else ""
+            cache = ", empty kernel cache" if empty_cache else ""
             for what in ("calibrate", "forward"):
                 extras = sorted(_extra(result[what]) for result in results)
                 later = statistics.median(statistics.fmean(result[what][1:]) for result in results)
@@ -286,7 +287,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--skip-peer", action="store_true", help="leave out NVIDIA ModelOpt")
-    parser.add_argument("--threads", type=int, default=None, help="torch and numba threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch and kernel threads (default: torch's)")
     parser.add_argument("--cold-runs", type=int, default=5, help="fresh processes per cold-start row (median)")
     parser.add_argument("--cold-only", action="store_true", help="only the cold-start rows")
     parser.add_argument("--skip-sensitivity", action="store_true", help="leave out the sensitivity row")
@@ -295,7 +296,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-        os.environ["OMP_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = str(args.threads)  # the subprocesses
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the subprocesses
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {BATCHES} batches {list(SHAPE)}, "
           "ResidualCNN(8 blocks, width 64)")
     print(f"load average {' '.join(f'{v:.2f}' for v in os.getloadavg())} (1, 5, 15 min) at the start")

@@ -6,7 +6,7 @@ proxy (read x, write y). Absolute times are printed only as a footnote.
 
 Contenders, per tensor (fp32, static amax):
     mul          torch.mul(x, s): the unit.
-    quantizer    TensorQuantizer forward (fused numba kernel on CPU).
+    quantizer    TensorQuantizer forward (fused compiled kernel on CPU).
     eager        the same quantizer with QUANTREWRITE_EAGER=1 (the torch-op formula; defines the numbers).
     torch_fq     torch.fake_quantize_per_tensor_affine / fake_quantize_per_channel_affine.
 and the same with ``.backward(g)`` (x requires grad; a fresh gradient each call, x.grad reset to None so
@@ -107,7 +107,7 @@ def make_case(shape: tuple[int, ...], axis: int | None) -> dict[str, Callable[[]
 def time_round_robin(fns: dict[str, Callable[[], object]], rounds: int) -> dict[str, list[float]]:
     """Per contender, `rounds` single-call times; the contenders alternate within each round, so a noisy
     neighbour disturbs all of them alike, and the best of many rounds is a run nobody disturbed."""
-    for fn in fns.values():  # warm up: numba compilation, page faults, allocator caches
+    for fn in fns.values():  # warm up: the kernels' loading, page faults, allocator caches
         for _ in range(3):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}

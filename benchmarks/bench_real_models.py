@@ -23,7 +23,6 @@ import argparse
 import copy
 import importlib
 import logging
-import os
 import sys
 import time
 import warnings
@@ -150,12 +149,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", choices=MODELS, default=list(MODELS))
     parser.add_argument("--details", action="store_true", help="print every metric, not only the primary one")
-    parser.add_argument("--threads", type=int, default=1, help="torch and numba threads (default 1)")
+    parser.add_argument("--threads", type=int, default=1, help="torch and kernel threads (default 1)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logger.setLevel(logging.INFO)
     torch.set_num_threads(args.threads)
-    os.environ["NUMBA_NUM_THREADS"] = str(args.threads)  # read when the kernels load (after this line)
     torch.manual_seed(0)
     rows = []
     for name in args.models:
