@@ -16,8 +16,9 @@ NVIDIA ModelOpt; without ``nvidia-modelopt`` installed its rows say so).
 * cold start: in fresh processes, the first ``calibrate`` (int8_max with max, int8_default with percentile)
   against the best later one in the same process, and the first quantized forward over the batches after
   them against a later one (the compiled kernels open when first useful, or are built in the background
-  while the eager paths run); medians of ``--cold-runs`` processes, with the kernel cache as installed and
-  empty (the first run after an install, before ``quantrewrite build-kernels``); and the eager CPU histogram
+  while the eager paths run); medians of ``--cold-runs`` processes, with the kernels as installed (``pip
+  install`` builds them) and not built anywhere (no compiler at install, or an installation copied to another
+  CPU, before ``quantrewrite build-kernels``); and the eager CPU histogram
   counting (what a batch counted before the kernels are ready costs) over the compiled kernel.
   ``--cold-only`` runs just these.
 * ``quantrewrite --help`` in a fresh process against ``python -c "import argparse"``.
@@ -53,8 +54,10 @@ SHAPE = (16, 3, 64, 64)
 BATCHES = 8
 
 COLD_START = textwrap.dedent("""
-    import json, time, torch, quantrewrite
-    from quantrewrite import _kernel_loader
+    import json, pathlib, time, torch, quantrewrite
+    from quantrewrite import _kernel_build, _kernel_loader
+    if {nothing_built}:  # neither the install nor an earlier run built the kernels for this machine
+        _kernel_build.PACKAGE_DIR = pathlib.Path("{cache}")
     from quantrewrite.models import ResidualCNN
     torch.manual_seed(0)
     model = ResidualCNN(num_blocks=8, width=64).eval()
@@ -190,9 +193,10 @@ COLD_CONFIGS = (("int8_max", "max"), ("int8_default", "percentile"))
 
 def _cold_process(config: str, method: str, empty_cache: bool) -> dict[str, object]:
     """One fresh process: quantize_model, 3 calibrates, 3 quantized forwards over the batches (seconds each)."""
-    code = COLD_START.format(shape=SHAPE, batches=BATCHES, config=config, method=method)
     with tempfile.TemporaryDirectory(prefix="kernel-cache-") as cache:
-        env = dict(os.environ, QUANTREWRITE_KERNEL_CACHE=cache) if empty_cache else None  # the first run after install
+        code = COLD_START.format(shape=SHAPE, batches=BATCHES, config=config, method=method,
+                                 nothing_built=empty_cache, cache=cache)
+        env = dict(os.environ, QUANTREWRITE_KERNEL_CACHE=cache) if empty_cache else None
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -246,13 +250,13 @@ def auto_at_scale(rounds: int, batches: int) -> list[tuple[str, str]]:
 
 def cold_start(runs: int) -> list[tuple[str, str]]:
     """First calibrate (and first quantized forward) of a fresh process over a later one: medians of ``runs``
-    processes per row, with the kernel cache as installed and empty (QUANTREWRITE_KERNEL_CACHE at an empty
-    directory)."""
+    processes per row, with the kernels as installed and not built anywhere (an empty kernel cache, and none in
+    the package)."""
     rows = eager_counting()
     for empty_cache in (False, True):
         for config, method in COLD_CONFIGS:
             results = [_cold_process(config, method, empty_cache) for _ in range(runs)]
-            cache = ", empty kernel cache" if empty_cache else ""
+            cache = ", kernels not built (no build at install, empty cache)" if empty_cache else ""
             for what in ("calibrate", "forward"):
                 extras = sorted(_extra(result[what]) for result in results)
                 later = statistics.median(statistics.fmean(result[what][1:]) for result in results)

@@ -1,11 +1,13 @@
 """Builds the fused CPU kernels (``csrc/kernels.c``) with the system C compiler, once per machine.
 
 The library is a plain C shared object (no Python API) that ``quantrewrite._kernel_loader`` opens with
-ctypes. It is compiled for this CPU (``-march=native``) with OpenMP, into a per-user cache:
-``$QUANTREWRITE_KERNEL_CACHE`` when set, else ``$XDG_CACHE_HOME/quantrewrite`` (``~/.cache/quantrewrite``).
-Its file name carries a hash of the source, the flags and the CPU's model and feature flags, so a changed
-source, or a home directory shared by different machines, gets its own build instead of a stale or illegal
-one. Where no cache directory is writable the library goes to a temporary directory for this process.
+ctypes. It is compiled for this CPU (``-march=native``) with OpenMP: by ``pip install`` into the package
+directory (``setup.py``), or, where that did not happen, into a per-user cache (``$QUANTREWRITE_KERNEL_CACHE``
+when set, else ``$XDG_CACHE_HOME/quantrewrite``, i.e. ``~/.cache/quantrewrite``). Its file name carries a hash
+of the source, the flags and the CPU's model and feature flags, so a changed source, an installation copied
+to another machine (a container image), or a home directory shared by different machines gets its own build
+instead of a stale or illegal one. Where no cache directory is writable the library goes to a temporary
+directory for this process.
 
 The compiler is ``$CC`` or ``cc``. Where it lacks ``-march=native`` or OpenMP, the build retries without
 them (slower kernels, the same bits). Compiling takes about half a second; the loader does it in a
@@ -26,11 +28,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["CACHE_VARIABLE", "SOURCE", "KernelBuildError", "build_library", "cached_library", "library_name"]
+__all__ = ["CACHE_VARIABLE", "PACKAGE_DIR", "SOURCE", "KernelBuildError", "build_library", "cached_library",
+           "library_name"]
 
 logger = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("csrc") / "kernels.c"
+PACKAGE_DIR = Path(__file__).parent
+SOURCE = PACKAGE_DIR / "csrc" / "kernels.c"
 CACHE_VARIABLE = "QUANTREWRITE_KERNEL_CACHE"
 _COMMON_FLAGS = ("-O3", "-ffp-contract=off", "-fPIC", "-shared")
 # Tried in order until one compiles; numerics do not depend on the choice (no fast-math, no contraction).
@@ -74,9 +78,10 @@ def _cache_dirs() -> list[Path]:
 
 
 def cached_library() -> Path | None:
-    """The built library for this machine, when the cache holds it."""
+    """The built library for this machine, when the package directory (built at install) or the cache holds
+    it."""
     name = library_name()
-    for directory in _cache_dirs():
+    for directory in (PACKAGE_DIR, *_cache_dirs()):
         path = directory / name
         if path.is_file():
             return path
@@ -109,8 +114,9 @@ def _writable_directory() -> Path:
     return fallback
 
 
-def build_library() -> Path:
-    """Compile the kernels into the cache (the first flag set that compiles) and return the library's path.
+def build_library(directory: Path | None = None) -> Path:
+    """Compile the kernels (the first flag set that compiles) into ``directory`` (default: the cache) and
+    return the library's path.
 
     The library is written under a temporary name and renamed into place, so a process loading it never sees
     a partial file, and two processes building at once both end with a complete one.
@@ -119,7 +125,10 @@ def build_library() -> Path:
         KernelBuildError: no compiler, or every flag set failed (the message holds the compiler's output).
     """
     compiler = _compiler()
-    directory = _writable_directory()
+    if directory is None:
+        directory = _writable_directory()
+    else:
+        directory.mkdir(parents=True, exist_ok=True)
     target = directory / library_name()
     partial = directory / f".{target.name}.{os.getpid()}.partial"
     failures = []

@@ -15,11 +15,20 @@ import torch
 from quantrewrite import _kernel_build, _kernel_loader
 
 
+@pytest.fixture(autouse=True)
+def _no_library_built_at_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests see only the cache they set (not the library ``pip install`` built into the package)."""
+    monkeypatch.setattr(_kernel_build, "PACKAGE_DIR", tmp_path / "installed")
+
+
 def _run(code: str, cache: Path, *args: str, **env_changes: str) -> subprocess.CompletedProcess:
+    """Run code in a fresh process whose kernel cache is ``cache`` and whose package holds no library."""
     env = {key: value for key, value in os.environ.items() if key != "QUANTREWRITE_EAGER"}
     env.update({_kernel_build.CACHE_VARIABLE: str(cache), **env_changes})
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False,
-                          timeout=300, env=env)
+    prelude = ("import pathlib\nfrom quantrewrite import _kernel_build\n"
+               f"_kernel_build.PACKAGE_DIR = pathlib.Path({str(cache / 'installed')!r})\n")
+    return subprocess.run([sys.executable, "-c", prelude + code, *args], capture_output=True, text=True,
+                          check=False, timeout=300, env=env)
 
 
 def _ok(result: subprocess.CompletedProcess) -> bool:
@@ -103,6 +112,14 @@ def test_quantization_runs_eagerly_while_the_kernels_build(tmp_path: Path) -> No
     result = _run(HELD_BUILD, tmp_path)
     assert _ok(result), result.stdout + result.stderr
     assert [p.name for p in tmp_path.iterdir()] == [_kernel_build.library_name()]
+
+
+def test_a_library_built_at_install_is_found_in_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    installed = tmp_path / "installed"
+    monkeypatch.setenv(_kernel_build.CACHE_VARIABLE, str(tmp_path / "empty-cache"))
+    assert _kernel_build.cached_library() is None
+    built = _kernel_build.build_library(installed)  # what setup.py's build step does
+    assert built.parent == installed and _kernel_build.cached_library() == built
 
 
 FIRST_CALL = textwrap.dedent("""

@@ -1,9 +1,10 @@
 """``quantrewrite build-kernels``: compile the fused CPU kernels for this machine now.
 
-Run it once where the package is installed (a Dockerfile's ``RUN`` line, a CI image, after ``pip install``):
-every process afterwards opens the built library at its first kernel call (about a millisecond) instead of
-compiling it in the background (about half a second, with the eager paths running meanwhile). Registering it
-imports no torch (``--help`` stays fast).
+``pip install`` builds them for the installing machine. Where it did not (no C compiler at install, or an
+installation copied to a machine with another CPU, such as a container image built elsewhere), run this once
+(a Dockerfile's ``RUN`` line, a CI image): every process afterwards opens the built library at its first
+kernel call (about a millisecond) instead of compiling it in the background (about half a second, with the
+eager paths running meanwhile). Registering it imports no torch (``--help`` stays fast).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ def add_parser(sub: argparse._SubParsersAction, common: argparse.ArgumentParser)
     """Register the ``build-kernels`` subcommand."""
     p = sub.add_parser("build-kernels", parents=[common], help="compile the CPU kernels for this machine "
                        "(once, after installing)",
-                       description="Compile the fused CPU kernels with the C compiler ($CC, else cc) into the "
-                       "kernel cache ($QUANTREWRITE_KERNEL_CACHE, else $XDG_CACHE_HOME/quantrewrite or "
-                       "~/.cache/quantrewrite; set the variable at run time too when you set it here), unless "
-                       "this machine's build is there already, and load them. Exit status 1 when they cannot be "
-                       "built or loaded here (the eager paths are used then).")
+                       description="Compile the fused CPU kernels for this machine with the C compiler ($CC, "
+                       "else cc) into the kernel cache ($QUANTREWRITE_KERNEL_CACHE, else "
+                       "$XDG_CACHE_HOME/quantrewrite or ~/.cache/quantrewrite; set the variable at run time too "
+                       "when you set it here), unless the install or an earlier run built them, and load them. "
+                       "Exit status 1 when they cannot be built or loaded here (the eager paths are used then).")
     p.set_defaults(run=run_build_kernels)
 
 
