@@ -18,7 +18,9 @@ NVIDIA ModelOpt; without ``nvidia-modelopt`` installed its rows say so).
   them against a later one (the compiled kernels open when first useful, or are built in the background
   while the eager paths run); medians of ``--cold-runs`` processes, with the kernels as installed (``pip
   install`` builds them) and not built anywhere (no compiler at install, or an installation copied to another
-  CPU, before ``quantrewrite build-kernels``); and the eager CPU histogram
+  CPU, before ``quantrewrite build-kernels``); what the kernels themselves cost a fresh process, timed directly
+  (opening the built library at the first kernel call; building it: wall time, the compiler's CPU, this
+  process's CPU); and the eager CPU histogram
   counting (what a batch counted before the kernels are ready costs) over the compiled kernel.
   ``--cold-only`` runs just these.
 * ``quantrewrite --help`` in a fresh process against ``python -c "import argparse"``.
@@ -248,11 +250,51 @@ def auto_at_scale(rounds: int, batches: int) -> list[tuple[str, str]]:
             for method in ("auto", "percentile")]
 
 
+KERNEL_OPEN = textwrap.dedent("""
+    import json, time, torch
+    from quantrewrite import _kernel_loader
+    start = time.perf_counter()
+    available = _kernel_loader.fused_kernels_available()
+    print(json.dumps({"seconds": time.perf_counter() - start, "available": available}))
+""")
+
+KERNEL_BUILD = textwrap.dedent("""
+    import json, pathlib, resource, tempfile, time
+    from quantrewrite import _kernel_build
+    _kernel_build.PACKAGE_DIR = pathlib.Path(tempfile.mkdtemp())  # no library from the install
+    cpu, start = time.process_time(), time.perf_counter()
+    _kernel_build.build_library(pathlib.Path(tempfile.mkdtemp()))
+    wall, own = time.perf_counter() - start, time.process_time() - cpu
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(json.dumps({"wall": wall, "own": own, "compiler": children.ru_utime + children.ru_stime}))
+""")
+
+
+def kernel_costs(runs: int) -> list[tuple[str, str]]:
+    """What the kernels themselves cost a fresh process, timed directly (the first-call rows above carry the
+    machine's call-to-call swing): opening the built library at the first kernel call, and building it."""
+    def fresh(code: str) -> dict:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        return json.loads(out.stdout.splitlines()[-1])
+
+    opens = [fresh(KERNEL_OPEN) for _ in range(runs)]
+    if not all(result["available"] for result in opens):
+        return [("opening the built kernels at the first kernel call", "not available here (no build)")]
+    builds = [fresh(KERNEL_BUILD) for _ in range(runs)]
+    open_ms = sorted(1e3 * result["seconds"] for result in opens)
+    opened = f"{statistics.median(open_ms):.1f} ms (median of {runs}; {' '.join(f'{v:.1f}' for v in open_ms)})"
+    built = (f"{statistics.median(b['wall'] for b in builds):.2f} s wall, "
+             f"{statistics.median(b['compiler'] for b in builds):.2f} s of compiler CPU in its own process, "
+             f"{1e3 * statistics.median(b['own'] for b in builds):.1f} ms of this process's CPU (medians of {runs})")
+    return [("opening the built kernels at the first kernel call (fresh process)", opened),
+            ("building them (no build at install, empty cache)", built)]
+
+
 def cold_start(runs: int) -> list[tuple[str, str]]:
     """First calibrate (and first quantized forward) of a fresh process over a later one: medians of ``runs``
     processes per row, with the kernels as installed and not built anywhere (an empty kernel cache, and none in
     the package)."""
-    rows = eager_counting()
+    rows = eager_counting() + kernel_costs(runs)
     for empty_cache in (False, True):
         for config, method in COLD_CONFIGS:
             results = [_cold_process(config, method, empty_cache) for _ in range(runs)]
