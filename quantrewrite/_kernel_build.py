@@ -89,14 +89,15 @@ def cached_library() -> Path | None:
 
 
 def _compiler() -> list[str]:
-    command = shlex.split(os.environ.get("CC", "")) or ["cc"]
-    if shutil.which(command[0]) is None:
-        for fallback in ("gcc", "clang"):
-            if not os.environ.get("CC") and shutil.which(fallback):
-                return [fallback]
-        raise KernelBuildError(f"no C compiler found ({command[0]!r} is not on PATH): install one (e.g. gcc) "
-                               "or set CC; the eager paths give the same results, slower")
-    return command
+    """``$CC`` (split as a shell would), else the first of cc, gcc and clang on PATH."""
+    chosen = shlex.split(os.environ.get("CC", ""))
+    candidates = [chosen] if chosen else [["cc"], ["gcc"], ["clang"]]
+    for command in candidates:
+        if shutil.which(command[0]) is not None:
+            return command
+    tried = ", ".join(repr(command[0]) for command in candidates)
+    raise KernelBuildError(f"no C compiler found ({tried} not on PATH): install one (e.g. gcc) or set CC; the "
+                           "eager paths give the same results, slower")
 
 
 def _writable_directory() -> Path:
@@ -142,7 +143,7 @@ def build_library(directory: Path | None = None) -> Path:
                 raise KernelBuildError(f"running the C compiler failed: {shlex.join(command)}: {error}") from error
             if result.returncode == 0:
                 os.replace(partial, target)
-                logger.info("built the CPU kernels: %s", shlex.join(command[:-4] + [str(target), str(SOURCE)]))
+                logger.info("built the CPU kernels into %s (flags: %s)", target, " ".join(_COMMON_FLAGS + flags))
                 return target
             failures.append(f"$ {shlex.join(command)}\n{result.stderr.strip()[-2000:]}")
     finally:

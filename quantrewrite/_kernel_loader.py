@@ -82,19 +82,29 @@ def _open(path: Path) -> None:
     _kernels = CompiledKernels(path)
 
 
+def _open_cached() -> bool:
+    """Open this machine's build where the package or the cache holds it (and mark loading done); False when
+    there is none, or it cannot be opened (a damaged or foreign file: it is built again)."""
+    from quantrewrite._kernel_build import cached_library
+
+    path = cached_library()
+    if path is None:
+        return False
+    try:
+        _open(path)
+    except (OSError, RuntimeError, AttributeError) as error:
+        logger.info("rebuilding the CPU kernels: %s", error)
+        return False
+    _done.set()
+    return True
+
+
 def _build_and_open() -> None:
-    """Compile (when the cache lacks this machine's build) and open the library; record why not on failure."""
+    """Compile and open the library; record why not on failure."""
     global _error
-    from quantrewrite._kernel_build import build_library, cached_library
+    from quantrewrite._kernel_build import build_library
 
     try:
-        path = cached_library()
-        if path is not None:
-            try:
-                _open(path)
-                return
-            except (OSError, RuntimeError, AttributeError) as error:  # a damaged or foreign file: build it again
-                logger.info("rebuilding the CPU kernels: %s", error)
         _open(build_library())
     except Exception as error:  # noqa: BLE001 - no compiler, or a failed build: the eager paths give the same bits
         _error = error
@@ -119,18 +129,8 @@ def start_loading() -> None:
 
     The thread is not a daemon: interpreter exit waits for the compiler rather than leave a partial file.
     """
-    if _started or _eager_forced() or not _claim():
+    if _started or _eager_forced() or not _claim() or _open_cached():
         return
-    from quantrewrite._kernel_build import cached_library
-
-    path = cached_library()
-    if path is not None:
-        try:
-            _open(path)
-            _done.set()
-            return
-        except (OSError, RuntimeError, AttributeError) as error:
-            logger.info("rebuilding the CPU kernels in the background: %s", error)
     threading.Thread(target=_build_and_open, name="quantrewrite-kernel-build").start()
 
 
@@ -141,7 +141,8 @@ def wait_loaded(timeout: float | None = None) -> bool:
     ``QUANTREWRITE_EAGER=1`` is set (the switch is read per call; the tests flip it).
     """
     if _claim():
-        _build_and_open()
+        if not _open_cached():
+            _build_and_open()
     else:
         _done.wait(timeout)
     return fused_kernels_available()

@@ -222,17 +222,28 @@ def test_kernels_share_torchs_thread_pool() -> None:
         torch.set_num_threads(before)
 
 
-def test_direct_kernel_calls_wait_for_the_loader() -> None:
-    # The wrappers are usable right away: called directly they get the compiled kernels, not an error.
+def test_direct_kernel_calls_wait_for_the_loader(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The wrappers are usable right away: called directly in a process that loaded nothing yet, they load the
+    # compiled kernels (not an error, not the eager path).
+    import threading
+
     import numpy as np
 
     from quantrewrite import _kernels
+
+    installed = _kernel_loader.library_path()
+    assert installed is not None
+    monkeypatch.setattr(_kernel_build, "PACKAGE_DIR", installed.parent)  # where the session's kernels are
+    monkeypatch.setattr(_kernel_loader, "_kernels", None)
+    monkeypatch.setattr(_kernel_loader, "_started", False)
+    monkeypatch.setattr(_kernel_loader, "_done", threading.Event())
 
     x = torch.linspace(-1, 1, 9)
     out = torch.empty_like(x)
     scale = np.array([127.0], dtype=np.float32)
     _kernels.fake_quant_into(x, out, (1, 1, 9), scale, np.float32(1.0) / scale, -128.0, 127.0)
     assert torch.equal(out, torch.round(x * 127) / 127)
+    assert _kernel_loader._kernels is not None and _kernel_loader.library_path() == installed
 
 
 def test_build_kernels_command_builds_them_and_names_the_library(capsys: pytest.CaptureFixture[str]) -> None:

@@ -55,31 +55,37 @@ static inline float grid_value(float v, float s, float lo, float hi) {
     return q > hi ? hi : q;
 }
 
-/* out = the grid's values of x (fake: divided back by s), and, when `largest` is given, the max of abs_bits(x)
- * in the same loop (a store and one integer max reduction still vectorize together). */
+/* The max of abs_bits over a row (see quant_row). */
+static inline int32_t max_abs_bits(const float *restrict x, int64_t width) {
+    int32_t top = 0;
+    for (int64_t i = 0; i < width; i++) {
+        const int32_t bits = abs_bits(x[i]);
+        top = bits > top ? bits : top;
+    }
+    return top;
+}
+
+/* One output value: the grid value of v, divided back by s when fake (a constant where this is inlined). */
+static inline float grid_out(float v, float s, float r, float lo, float hi, int fake) {
+    const float q = grid_value(v, s, lo, hi);
+    return fake ? quotient(q, s, r) : q;
+}
+
+/* out = the grid's values of x, and, when `largest` is given, the max of abs_bits(x) in the same loop (a
+ * store and one integer max reduction still vectorize together). */
 static inline void grid_row(const float *restrict x, float *restrict out, int64_t width, float s, float r, float lo,
                             float hi, int fake, int32_t *largest) {
-    if (largest != NULL) {
-        int32_t top = 0;
-        if (fake) {
-            for (int64_t i = 0; i < width; i++) {
-                const int32_t bits = abs_bits(x[i]);
-                top = bits > top ? bits : top;
-                out[i] = quotient(grid_value(x[i], s, lo, hi), s, r);
-            }
-        } else {
-            for (int64_t i = 0; i < width; i++) {
-                const int32_t bits = abs_bits(x[i]);
-                top = bits > top ? bits : top;
-                out[i] = grid_value(x[i], s, lo, hi);
-            }
-        }
-        *largest = top;
-    } else if (fake) {
-        for (int64_t i = 0; i < width; i++) out[i] = quotient(grid_value(x[i], s, lo, hi), s, r);
-    } else {
-        for (int64_t i = 0; i < width; i++) out[i] = grid_value(x[i], s, lo, hi);
+    if (largest == NULL) {
+        for (int64_t i = 0; i < width; i++) out[i] = grid_out(x[i], s, r, lo, hi, fake);
+        return;
     }
+    int32_t top = 0;
+    for (int64_t i = 0; i < width; i++) {
+        const int32_t bits = abs_bits(x[i]);
+        top = bits > top ? bits : top;
+        out[i] = grid_out(x[i], s, r, lo, hi, fake);
+    }
+    *largest = top;
 }
 
 /* One row; returns the QR_NEGATIVE / QR_OUTSIDE bits asked for by flags. "Outside" is an integer max of
@@ -92,12 +98,7 @@ static int quant_row(const float *restrict x, float *restrict out, int64_t width
     int32_t *want_largest = (flags & QR_CLIP) ? &largest : NULL;
     if (s == 0.0f) {
         for (int64_t i = 0; i < width; i++) out[i] = 0.0f;
-        if (want_largest != NULL) {
-            for (int64_t i = 0; i < width; i++) {
-                const int32_t bits = abs_bits(x[i]);
-                largest = bits > largest ? bits : largest;
-            }
-        }
+        if (want_largest != NULL) largest = max_abs_bits(x, width);
     } else if (flags & QR_FAKE) {
         grid_row(x, out, width, s, r, lo, hi, 1, want_largest);
     } else {
